@@ -1,0 +1,1 @@
+"""The `llumctl` command line: one module per command group, joined in `main`."""

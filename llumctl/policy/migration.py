@@ -1,0 +1,108 @@
+"""Migration: pair overloaded instances with free ones, and pick requests to move."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from llumctl.policy.decisions import Migrate
+from llumctl.policy.params import PolicyParams
+from llumctl.policy.views import ClusterView, InstanceLoad, Priority, RequestLoad
+
+Freeness = Callable[[InstanceLoad], float]
+
+SELECTORS = ("last-admitted", "shortest", "longest")
+
+
+def movable(inst: InstanceLoad, *, include_high: bool = False) -> list[RequestLoad]:
+    """Running requests that may migrate: decoding, state carried, normal priority."""
+    return [
+        r
+        for r in inst.running
+        if r.is_decoding and r.is_migratable and (include_high or r.priority == Priority.NORMAL)
+    ]
+
+
+def select_candidates(
+    inst: InstanceLoad, num_requests: int, selector: str = "last-admitted"
+) -> list[str]:
+    """Requests a source llumlet moves, best first.
+
+    `last-admitted` is the paper's rule: the most recently admitted decoding request, which
+    is usually the shortest, so the copy is small. A draining instance moves any priority.
+    """
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown migration selector {selector!r}; choose from {SELECTORS}")
+    pool = movable(inst, include_high=inst.is_draining)
+    if selector == "last-admitted":
+        pool.sort(key=lambda r: (-r.admitted_seq, r.request_id))
+    elif selector == "shortest":
+        pool.sort(key=lambda r: (r.num_blocks, -r.admitted_seq, r.request_id))
+    else:
+        pool.sort(key=lambda r: (-r.num_blocks, -r.admitted_seq, r.request_id))
+    return [r.request_id for r in pool[:num_requests]]
+
+
+def _is_source(inst: InstanceLoad, f: float, params: PolicyParams) -> bool:
+    if inst.num_migrating_out >= params.max_migrations_per_instance:
+        return False
+    if not movable(inst, include_high=inst.is_draining):
+        return False
+    return inst.is_draining or inst.num_preempted > 0 or f < params.migrate_out_threshold
+
+
+def _is_destination(inst: InstanceLoad, f: float, params: PolicyParams) -> bool:
+    return (
+        not inst.is_draining
+        and inst.num_preempted == 0
+        and inst.num_migrating_in < params.max_migrations_per_instance
+        and f > params.migrate_in_threshold
+    )
+
+
+def _reason(inst: InstanceLoad) -> str:
+    if inst.is_draining:
+        return "drain"
+    return "preempted" if inst.num_preempted > 0 else "load"
+
+
+def pair_migrations(view: ClusterView, params: PolicyParams, score: Freeness) -> list[Migrate]:
+    """Pair the least free sources with the freest destinations, per model group.
+
+    Several pairs per tick; an instance is in at most one pair per tick. Draining
+    instances (freeness -inf) come first.
+    """
+    decisions: list[Migrate] = []
+    for model in view.models():
+        scored = [(score(inst), inst) for inst in view.of_model(model)]
+        sources = sorted(
+            ((f, i) for f, i in scored if _is_source(i, f, params)),
+            key=lambda fi: (fi[0], fi[1].instance_id),
+        )
+        dests = sorted(
+            ((f, i) for f, i in scored if _is_destination(i, f, params)),
+            key=lambda fi: (-fi[0], fi[1].instance_id),
+        )
+        used: set[str] = set()
+        for f_src, src in sources:
+            if len(decisions) >= params.max_pairs_per_tick:
+                return decisions
+            if src.instance_id in used:
+                continue
+            for f_dst, dst in dests:
+                if dst.instance_id in used or dst.instance_id == src.instance_id:
+                    continue
+                # Only move load downhill: a destination must be freer than its source.
+                if not math.isinf(f_src) and f_dst <= f_src:
+                    break
+                used.update((src.instance_id, dst.instance_id))
+                decisions.append(
+                    Migrate(
+                        src.instance_id,
+                        dst.instance_id,
+                        num_requests=params.requests_per_migration,
+                        reason=_reason(src),
+                    )
+                )
+                break
+    return decisions

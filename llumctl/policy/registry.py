@@ -1,0 +1,92 @@
+"""Named scheduling policies: the paper's Llumnix and its baselines.
+
+| name          | dispatch                         | migration | priorities |
+|---------------|----------------------------------|-----------|------------|
+| round-robin   | fewest requests dispatched so far | no        | no         |
+| infaas++      | INFaaS++ load metric              | no        | no         |
+| llumnix-base  | freeness (virtual usage)          | yes       | no         |
+| llumnix       | freeness (virtual usage)          | yes       | yes        |
+
+Every policy may auto-scale (when `params.is_scaling_enabled`), each on its own metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from llumctl.policy.decisions import Dispatch, Migrate, ScaleDown, ScaleUp
+from llumctl.policy.dispatch import dispatch_by_score, dispatch_round_robin
+from llumctl.policy.freeness import freeness, infaas_load
+from llumctl.policy.migration import pair_migrations
+from llumctl.policy.params import PolicyParams
+from llumctl.policy.scaling import decide_scaling
+from llumctl.policy.views import ClusterView, InstanceLoad, NewRequest, PendingDispatch
+
+POLICY_NAMES = ("round-robin", "infaas++", "llumnix-base", "llumnix")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named policy: pure functions of a `ClusterView` and its parameters."""
+
+    name: str
+    # "freeness" (virtual usage), "infaas" or "round-robin".
+    metric: str
+    is_migrating: bool
+    uses_priority: bool
+    params: PolicyParams = field(default_factory=PolicyParams)
+
+    def with_params(self, params: PolicyParams) -> Policy:
+        return replace(self, params=params)
+
+    def score(self, inst: InstanceLoad, pending: tuple[PendingDispatch, ...] = ()) -> float:
+        """This policy's freeness of an instance (higher = freer)."""
+        if self.metric == "infaas":
+            return infaas_load(inst, pending)
+        return freeness(
+            inst,
+            pending,
+            uses_priority=self.uses_priority,
+            budget_tokens=self.params.high_priority_kv_budget_tokens,
+        )
+
+    def dispatch(self, view: ClusterView, requests: Sequence[NewRequest]) -> list[Dispatch]:
+        if self.metric == "round-robin":
+            return dispatch_round_robin(view, requests)
+        return dispatch_by_score(view, requests, self.score)
+
+    def migrations(self, view: ClusterView) -> list[Migrate]:
+        if not self.is_migrating:
+            return []
+        return pair_migrations(view, self.params, self._scored(view))
+
+    def scaling(self, view: ClusterView) -> list[ScaleUp | ScaleDown]:
+        return decide_scaling(view, self.params, self._scored(view))
+
+    def tick(self, view: ClusterView) -> list[Migrate | ScaleUp | ScaleDown]:
+        """The periodic decisions: migrations, then scaling."""
+        decisions: list[Migrate | ScaleUp | ScaleDown] = []
+        decisions.extend(self.migrations(view))
+        decisions.extend(self.scaling(view))
+        return decisions
+
+    def _scored(self, view: ClusterView):  # type: ignore[no-untyped-def]
+        def score(inst: InstanceLoad) -> float:
+            return self.score(inst, tuple(view.pending.get(inst.instance_id, ())))
+
+        return score
+
+
+def get_policy(name: str, params: PolicyParams | None = None) -> Policy:
+    """The policy called `name`; ValueError names the choices for an unknown one."""
+    params = params or PolicyParams()
+    if name == "round-robin":
+        return Policy(name, "round-robin", is_migrating=False, uses_priority=False, params=params)
+    if name == "infaas++":
+        return Policy(name, "infaas", is_migrating=False, uses_priority=False, params=params)
+    if name == "llumnix-base":
+        return Policy(name, "freeness", is_migrating=True, uses_priority=False, params=params)
+    if name == "llumnix":
+        return Policy(name, "freeness", is_migrating=True, uses_priority=True, params=params)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
