@@ -1,0 +1,166 @@
+"""The engine seam: what an instance's llumlet and HTTP server need from an engine.
+
+Two implementations: `agent.engines.vllm` (real vLLM V1, GPU or CPU) and `agent.engines.sim`
+(a simulated engine on the simulator's instance model; always labelled "sim"). The llumlet
+runs the migration protocol on top of these primitives and never touches engine internals.
+
+Migration primitives (docs/architecture.md, "Live migration"):
+  source:      read_kv (pre-copy stages) -> stop -> read_kv (last delta) -> release
+  destination: reserve -> write_kv ... -> resume -> (cancel on abort)
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from llumctl.policy.views import RequestLoad
+from llumctl.protocol import GenerateRequest, SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Static facts about a started engine."""
+
+    kind: str  # "vllm" or "sim"
+    model: str
+    block_size_tokens: int
+    num_total_blocks: int
+    max_model_len: int
+    # Equal fingerprints <=> KV blocks can be copied between the two engines as they are.
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """The engine's scheduler state at its last step (the llumlet adds the rest)."""
+
+    num_used_blocks: int
+    running: tuple[RequestLoad, ...]
+    queued: tuple[RequestLoad, ...]
+    num_preempted: int
+    # Output tokens produced since the engine started (for tokens/s).
+    num_generated_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request after tokenisation and validation, ready for `generate`."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """New output of one request after an engine step."""
+
+    token_ids: tuple[int, ...]
+    # Text those tokens add to the output (detokenised with everything before them).
+    text: str
+    finish_reason: str | None = None  # "stop", "length", "abort" once finished
+
+
+@dataclass(frozen=True)
+class KvChunk:
+    """Full KV blocks of a request, in block order, as opaque bytes."""
+
+    first_block: int
+    num_blocks: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoppedRequest:
+    """A request stopped on the source for migration; its blocks stay readable."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    # Output tokens delivered to the client before the stop (the splice point).
+    output_token_ids: tuple[int, ...]
+    # Blocks fully filled by prompt + delivered output (these are copied; the partial
+    # last block is recomputed on the destination).
+    num_full_blocks: int
+
+
+class Engine(abc.ABC):
+    """One engine instance. All methods run on the instance's asyncio loop."""
+
+    @abc.abstractmethod
+    async def start(self) -> EngineSpec:
+        """Start (load the model, allocate KV); return its spec."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Stop and free everything; idempotent."""
+
+    @abc.abstractmethod
+    async def prepare(self, request: GenerateRequest) -> PreparedRequest:
+        """Tokenise (applying the chat template for messages) and validate.
+
+        Raises `llumctl.errors.InputError` for a prompt longer than the context, bad
+        sampling values, etc.
+        """
+
+    @abc.abstractmethod
+    def generate(
+        self, request: PreparedRequest, *, previous_output_ids: Sequence[int] = ()
+    ) -> AsyncIterator[EngineOutput]:
+        """Run a request; yields outputs until one carries a finish_reason.
+
+        `previous_output_ids` is set when this request resumes a migrated one (its prompt
+        then holds the original prompt followed by those tokens): detokenisation continues
+        as if the outputs had been produced here, and `max_tokens` counts only new tokens.
+        """
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop a request for good and free its blocks."""
+
+    @abc.abstractmethod
+    def load(self) -> EngineLoad:
+        """Scheduler state at the last step (cheap; called every report period)."""
+
+    # ---- source side of a migration -------------------------------------------------
+    @abc.abstractmethod
+    async def num_full_blocks(self, request_id: str) -> int:
+        """Blocks of the running request that are full (immutable) right now."""
+
+    @abc.abstractmethod
+    async def read_kv(self, request_id: str, first_block: int, num_blocks: int) -> KvChunk:
+        """Copy out full blocks [first_block, first_block + num_blocks) of a request."""
+
+    @abc.abstractmethod
+    async def stop(self, request_id: str) -> StoppedRequest:
+        """Stop a running request for migration, keeping its blocks until `release`."""
+
+    @abc.abstractmethod
+    async def release(self, request_id: str) -> None:
+        """Free the blocks a stopped request kept."""
+
+    # ---- destination side ----------------------------------------------------------
+    @abc.abstractmethod
+    async def reserve(self, migration_id: str, num_blocks: int) -> None:
+        """Reserve staging room; raise MigrationError(reason="no-room") if there is none."""
+
+    @abc.abstractmethod
+    async def write_kv(self, migration_id: str, chunk: KvChunk) -> None:
+        """Stage received blocks for a later `resume`."""
+
+    @abc.abstractmethod
+    def resume(
+        self,
+        migration_id: str,
+        request: PreparedRequest,
+        *,
+        previous_output_ids: Sequence[int],
+        num_staged_blocks: int,
+    ) -> AsyncIterator[EngineOutput]:
+        """Start the migrated request on this engine, using the staged blocks as its
+        first `num_staged_blocks` blocks of KV (0 = recompute everything)."""
+
+    @abc.abstractmethod
+    async def cancel(self, migration_id: str) -> None:
+        """Drop staged blocks of an aborted migration; idempotent."""
