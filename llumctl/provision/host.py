@@ -1,0 +1,219 @@
+"""Bootstrapping one host: a straight pipeline of named steps, each reported as it runs.
+
+connect → workdir → check python/devices → install the agent → configure (config + secret,
+0600) → start the agent detached (or leave a healthy, unchanged one alone; restart a changed
+one). Instances are created afterwards through the agent's API (see up.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llumctl.client import AgentClient
+from llumctl.config import ClusterConfig, HostSpec
+from llumctl.errors import LlumctlError, ProvisionError
+from llumctl.provision.install import check_python, install_agent
+from llumctl.provision.instances import desired_instances, ensure_instances, resolve_model_path
+from llumctl.provision.runner import CommandRunner, LocalRunner
+from llumctl.provision.service import Service
+from llumctl.provision.shell import qpath, quote
+
+Progress = Callable[[str, str], None]
+AGENT_START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class HostOutcome:
+    """What `up` did on one host (one row of the summary table)."""
+
+    name: str
+    # "started", "restarted", "updated" (instances changed), "unchanged" or "failed".
+    status: str = "failed"
+    reason: str = ""
+    workdir: str = ""
+    agent_url: str = ""
+    agent_pid: int = 0
+    python: str = ""
+    instances: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HostContext:
+    """What every host's bootstrap needs from the cluster."""
+
+    controller_url: str
+    secret: str
+    wheel: Path | None
+    progress: Progress
+    connect: Callable[[HostSpec], CommandRunner]
+    cluster: ClusterConfig
+    # Drains instances (through the controller) before they are stopped or restarted.
+    drain: Callable[[list[str]], None] = lambda ids: None
+
+
+def resolve_workdir(runner: CommandRunner, workdir: str) -> str:
+    """Create the work directory (0700) and return its absolute path on the host."""
+    out = runner.run(
+        f"mkdir -p {qpath(workdir)} && chmod 700 {qpath(workdir)} && cd {qpath(workdir)} && pwd", 30
+    )
+    return out.check(f"creating workdir {workdir}").strip().splitlines()[-1]
+
+
+def check_devices(runner: CommandRunner, devices: tuple[str, ...]) -> None:
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if not cuda:
+        return
+    res = runner.run("nvidia-smi -L 2>/dev/null | grep -c '^GPU'", 30)
+    found = int(res.out.strip() or 0) if res.out.strip().isdigit() else 0
+    if found < len(cuda):
+        raise ProvisionError(f"{len(cuda)} GPU(s) configured but nvidia-smi lists {found}")
+
+
+def agent_config(host: HostSpec, ctx: HostContext, workdir: str) -> bytes:
+    config = {
+        "agent_id": host.name,
+        "host": host.agent_host,
+        "port": host.agent_port,
+        "controller_url": ctx.controller_url,
+        "secret": ctx.secret,
+        "secret_file": f"{workdir}/secret",
+        "devices": list(host.devices),
+        "max_instances": max(sum(i.count for i in host.instances), 1),
+        "workdir": workdir,
+    }
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def bootstrap_host(host: HostSpec, ctx: HostContext) -> HostOutcome:
+    """Run the pipeline on one host; failures end up in the outcome, never raised."""
+    outcome = HostOutcome(name=host.name, agent_url=f"http://{host.agent_host}:{host.agent_port}")
+    step = "connect"
+    runner: CommandRunner | None = None
+    try:
+        ctx.progress(host.name, "connecting" if not host.is_local else "local host")
+        runner = ctx.connect(host)
+        step = "workdir"
+        outcome.workdir = resolve_workdir(runner, host.workdir)
+        step = "check"
+        python = _check(runner, host, ctx)
+        step = "install"
+        outcome.python = _install(runner, host, ctx, outcome.workdir, python)
+        step = "agent"
+        _start_agent(runner, host, ctx, outcome)
+        step = "instances"
+        _instances(runner, host, ctx, outcome)
+    except LlumctlError as exc:
+        outcome.status, outcome.reason = "failed", f"{step}: {exc}"
+        ctx.progress(host.name, f"FAILED at {step}: {exc}")
+    finally:
+        if runner is not None:
+            runner.close()
+    return outcome
+
+
+def _check(runner: CommandRunner, host: HostSpec, ctx: HostContext) -> str:
+    python = f"{host.python_env.rstrip('/')}/bin/python" if host.python_env else host.python
+    if isinstance(runner, LocalRunner) and not host.python_env:
+        import sys
+
+        python = sys.executable
+    version = check_python(runner, python)
+    check_devices(runner, host.devices)
+    ctx.progress(host.name, f"python {version}, devices: {', '.join(host.devices) or 'auto'}")
+    return python
+
+
+def _install(
+    runner: CommandRunner, host: HostSpec, ctx: HostContext, workdir: str, python: str
+) -> str:
+    if ctx.wheel is None:  # local cluster: the agent runs from this very installation
+        return python
+    ctx.progress(
+        host.name, "installing the agent" + (f" into {host.python_env}" if host.python_env else "")
+    )
+    env_python, changed = install_agent(runner, workdir, host.python, host.python_env, ctx.wheel)
+    ctx.progress(host.name, "agent installed" if changed else "agent already installed")
+    return env_python
+
+
+def _start_agent(
+    runner: CommandRunner, host: HostSpec, ctx: HostContext, outcome: HostOutcome
+) -> None:
+    svc = Service(runner, outcome.workdir, "agent")
+    config = agent_config(host, ctx, outcome.workdir)
+    pid = svc.pid()
+    if pid and svc.read_config() == config and _healthy(outcome.agent_url, ctx.secret):
+        outcome.status, outcome.agent_pid = "unchanged", pid
+        ctx.progress(host.name, f"agent healthy (pid {pid}), left alone")
+        return
+    outcome.status = "started"
+    if pid:
+        ctx.progress(host.name, "config changed: draining and restarting the agent")
+        ctx.drain(_instance_ids(outcome.agent_url, ctx.secret))
+        left = svc.stop(pid)
+        if left:
+            raise ProvisionError(f"old agent processes did not stop: {left}")
+        outcome.status = "restarted"
+    svc.write_config(config)
+    runner.put_bytes(ctx.secret.encode() + b"\n", f"{outcome.workdir}/secret", 0o600)
+    argv = [outcome.python, "-m", "agent", "--config", svc.path(".json")]
+    outcome.agent_pid = svc.start(argv, host.env)
+    ctx.progress(host.name, f"agent started (pid {outcome.agent_pid}), waiting for it")
+    _wait_healthy(svc, outcome, ctx.secret)
+
+
+def _instances(
+    runner: CommandRunner, host: HostSpec, ctx: HostContext, outcome: HostOutcome
+) -> None:
+    needs_model = any(i.engine == "vllm" for i in host.instances)
+    model_path = (
+        resolve_model_path(runner, outcome.python, ctx.cluster.model.path) if needs_model else None
+    )
+    desired = desired_instances(ctx.cluster, host, model_path)
+    with AgentClient(outcome.agent_url, ctx.secret, timeout_s=60) as agent:
+        created = ensure_instances(runner, outcome.workdir, agent, desired, ctx.drain)
+    outcome.instances = list(desired)
+    if created:
+        ctx.progress(host.name, f"starting instances: {', '.join(created)}")
+        if outcome.status == "unchanged":
+            outcome.status = "updated"
+    else:
+        ctx.progress(host.name, "instances unchanged")
+
+
+def _healthy(url: str, secret: str) -> bool:
+    try:
+        with AgentClient(url, secret, timeout_s=3) as agent:
+            agent.health()
+        return True
+    except LlumctlError:
+        return False
+
+
+def _instance_ids(url: str, secret: str) -> list[str]:
+    try:
+        with AgentClient(url, secret, timeout_s=5) as agent:
+            return [i["instance_id"] for i in agent.health().get("instances", [])]
+    except (LlumctlError, KeyError, TypeError):
+        return []
+
+
+def _wait_healthy(svc: Service, outcome: HostOutcome, secret: str) -> None:
+    deadline = time.monotonic() + AGENT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _healthy(outcome.agent_url, secret):
+            return
+        if not svc.pid():
+            tail = svc.log_tail(5).strip().splitlines()
+            raise ProvisionError(f"agent exited at start: {tail[-1] if tail else 'no log'}")
+        time.sleep(0.5)
+    raise ProvisionError(
+        f"agent did not answer at {outcome.agent_url} within {AGENT_START_TIMEOUT_S:.0f} s"
+    )
+
+
+__all__ = ["HostContext", "HostOutcome", "bootstrap_host", "quote"]
