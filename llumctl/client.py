@@ -6,6 +6,7 @@ llumctl exception tree (one line, the server's own message when it sent one).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,7 +34,7 @@ class _Api:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> _Api:
+    def __enter__(self):  # type: ignore[no-untyped-def]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -161,3 +162,12 @@ def _reason(resp: httpx.Response) -> str:
             if isinstance(source, dict) and source.get("reason"):
                 return str(source["reason"])
     return "failed"
+
+
+def controller_from_state(cluster: str | Path | None = None) -> ControllerClient:
+    """A client for the cluster named by a state file (`--cluster`, or the default one)."""
+    from llumctl.provision.state import load_state
+
+    state = load_state(cluster)
+    assert state is not None  # load_state raises when required and missing
+    return ControllerClient(state.controller_url, state.secret)

@@ -1,0 +1,1 @@
+"""Pure rich renderers for the CLI (top, status, up summary)."""
