@@ -1,0 +1,1 @@
+"""The controller daemon: OpenAI API, dispatch, policy loop, control API, metrics."""

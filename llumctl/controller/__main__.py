@@ -1,0 +1,53 @@
+"""`python -m llumctl.controller [--config FILE] [--host H] [--port P] [--secret S]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from llumctl.controller.config import ControllerConfig, config_from_dict, load_config
+from llumctl.errors import LlumctlError
+
+
+def parse_args(argv: list[str] | None = None) -> ControllerConfig:
+    p = argparse.ArgumentParser(prog="python -m llumctl.controller")
+    p.add_argument("--config", help="TOML or JSON controller config")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--secret", help="cluster secret (default: $LLUMCTL_SECRET)")
+    p.add_argument("--policy")
+    p.add_argument("--policy-period-s", type=float, dest="policy_period_s")
+    args = p.parse_args(argv)
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "secret": args.secret or os.environ.get("LLUMCTL_SECRET"),
+        "policy": args.policy,
+        "policy_period_s": args.policy_period_s,
+    }
+    if args.config:
+        return load_config(args.config, **overrides)
+    return config_from_dict({k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from llumctl.controller.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = parse_args(argv)
+    except LlumctlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    if not config.secret:
+        print("error: a cluster secret is required (--secret or LLUMCTL_SECRET)", file=sys.stderr)
+        sys.exit(2)
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

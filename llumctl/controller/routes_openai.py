@@ -1,0 +1,171 @@
+"""OpenAI-compatible endpoints: /v1/completions, /v1/chat/completions, /v1/models.
+
+A request is validated, dispatched, and its instance stream opened *before* the response
+starts, so every input error (ours or the instance's, e.g. a prompt longer than the
+context) reaches the client as a 4xx in OpenAI's shape, never as a broken stream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from llumctl.controller import openai_shapes as shapes
+from llumctl.controller.app import Controller, error_response
+from llumctl.controller.openai_api import (
+    DEFAULT_COMPLETION_MAX_TOKENS,
+    ParsedRequest,
+    decode_body,
+    parse_request,
+)
+from llumctl.controller.relay import RequestStream
+from llumctl.controller.state import RequestRecord
+from llumctl.errors import AuthError, ConnectionFailed, EngineError, LlumctlError
+from llumctl.protocol import EventType, GenerateRequest
+
+
+def register(app: FastAPI, ctrl: Controller) -> None:
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await _serve(ctrl, "completion", request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await _serve(ctrl, "chat", request)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        _check_api_key(ctrl, request)
+        names = sorted(ctrl.state.models() | {m.name for m in ctrl.config.models})
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "llumctl"} for n in names
+            ],
+        }
+
+
+def _check_api_key(ctrl: Controller, request: Request) -> None:
+    if not ctrl.config.api_keys:
+        return
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not any(hmac.compare_digest(given, key) for key in ctrl.config.api_keys):
+        raise AuthError("invalid or missing API key")
+
+
+async def _serve(ctrl: Controller, kind: str, request: Request) -> Any:
+    _check_api_key(ctrl, request)
+    default_max = DEFAULT_COMPLETION_MAX_TOKENS
+    if kind == "chat":
+        default_max = ctrl.config.default_chat_max_tokens
+    parsed = parse_request(
+        kind, decode_body(await request.body()), request.headers.get("x-priority"), default_max
+    )
+    ctrl.dispatcher.check_model(parsed.model)
+    prefix = "cmpl-" if kind == "completion" else "chatcmpl-"
+    record = RequestRecord(
+        id=prefix + uuid.uuid4().hex[:24],
+        model=parsed.model,
+        priority=parsed.priority,
+        num_blocks_estimate=ctrl.dispatcher.estimate_blocks(
+            parsed.model, parsed.estimated_prompt_tokens()
+        ),
+    )
+    ctrl.state.requests[record.id] = record
+    try:
+        stream = await _open(ctrl, record, parsed)
+    except LlumctlError:
+        ctrl.finish(record, "failed")
+        raise
+    if parsed.stream:
+        return StreamingResponse(
+            _sse(ctrl, stream, record, parsed),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    return await _collect(ctrl, stream, record, parsed)
+
+
+async def _open(ctrl: Controller, record: RequestRecord, parsed: ParsedRequest) -> RequestStream:
+    generate = GenerateRequest(
+        request_id=record.id,
+        prompt=parsed.prompt,
+        prompt_token_ids=parsed.prompt_token_ids,
+        messages=parsed.messages,
+        sampling=parsed.sampling,
+        priority=parsed.priority,
+    )
+    entry = await ctrl.dispatcher.choose(record)
+    stream = RequestStream(ctrl.instance_client, record, generate, entry.info.url, ctrl.on_move)
+    try:
+        await stream.open()
+    except ConnectionFailed as exc:
+        ctrl.actuator.instance_failed(entry.id, f"unreachable at dispatch: {exc}")
+        raise EngineError(f"instance {entry.id} is unreachable; retry") from None
+    return stream
+
+
+async def _collect(
+    ctrl: Controller, stream: RequestStream, record: RequestRecord, parsed: ParsedRequest
+) -> JSONResponse:
+    parts: list[str] = []
+    finish, num_prompt = None, 0
+    try:
+        async for event in stream.events():
+            if event.type == EventType.TOKEN:
+                parts.append(event.text)
+            else:
+                finish, num_prompt = event.finish_reason, event.num_prompt_tokens
+    except LlumctlError as exc:
+        ctrl.finish(record, "failed")
+        return error_response(exc)
+    finally:
+        await stream.close()
+    record.num_prompt_tokens = num_prompt
+    ctrl.finish(record, "finished")
+    body = shapes.full_response(
+        parsed, record.id, "".join(parts), finish, num_prompt, stream.next_index
+    )
+    return JSONResponse(body)
+
+
+async def _sse(
+    ctrl: Controller, stream: RequestStream, record: RequestRecord, parsed: ParsedRequest
+) -> AsyncIterator[str]:
+    is_first = True
+    status = "aborted"
+    try:
+        async for event in stream.events():
+            if event.type == EventType.TOKEN:
+                yield _data(shapes.chunk(parsed, record.id, event.text, None, is_first=is_first))
+                is_first = False
+                continue
+            if is_first and parsed.kind == "chat":
+                yield _data(shapes.chunk(parsed, record.id, "", None, is_first=True))
+            text = None if parsed.kind == "chat" else ""
+            yield _data(shapes.chunk(parsed, record.id, text, event.finish_reason))
+            record.num_prompt_tokens = event.num_prompt_tokens
+            if parsed.include_usage:
+                usage = shapes.usage_chunk(
+                    parsed, record.id, event.num_prompt_tokens, stream.next_index
+                )
+                yield _data(usage)
+            status = "finished"
+        yield "data: [DONE]\n\n"
+    except LlumctlError as exc:
+        status = "failed"
+        yield _data(json.loads(error_response(exc).body))
+        yield "data: [DONE]\n\n"
+    finally:
+        await stream.close()
+        ctrl.finish(record, status)
+
+
+def _data(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"

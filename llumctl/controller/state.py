@@ -1,0 +1,221 @@
+"""What the controller knows about the cluster, rebuilt entirely from reports.
+
+Agents register (and re-register every heartbeat), llumlets push load reports; nothing
+here is persisted, so a restarted controller re-forms the same cluster within one report
+period without touching a running instance. Requests are tracked only while the
+controller relays their streams.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from llumctl.policy import ClusterView, InstanceLoad, PendingDispatch, Priority
+from llumctl.protocol import InstanceInfo
+
+# A dispatch not yet visible in the instance's reports stops counting after this long.
+PENDING_EXPIRY_S = 10.0
+
+
+@dataclass
+class AgentEntry:
+    agent_id: str
+    url: str
+    host: str
+    devices: tuple[str, ...] = ()
+    max_instances: int = 1
+    last_seen: float = 0.0
+
+
+@dataclass
+class InstanceEntry:
+    info: InstanceInfo
+    load: InstanceLoad | None = None
+    last_report: float = 0.0
+    # Set when the controller drains the instance (operator drain or scale-down) ...
+    is_draining: bool = False
+    # ... and, for a scale-down, stops it once empty.
+    is_stop_when_empty: bool = False
+    # Migrations the controller has asked for and not yet heard back about.
+    num_inflight_out: int = 0
+    num_inflight_in: int = 0
+    tokens_per_s: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.info.instance_id
+
+    @property
+    def is_live(self) -> bool:
+        return self.load is not None and self.info.state in ("running", "draining")
+
+
+@dataclass
+class RequestRecord:
+    """One client request the controller relays; `id` is the id the client sees."""
+
+    id: str
+    model: str
+    priority: Priority
+    num_blocks_estimate: int
+    arrival: float = field(default_factory=time.monotonic)
+    instance: str = ""
+    # Every instance the request has run on: {"instance", "from_index", "time"}.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    state: str = "queued"  # queued, running, finished, failed
+    num_tokens: int = 0
+    num_prompt_tokens: int = 0
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finish_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "instance": self.instance,
+            "state": self.state,
+            "tokens": self.num_tokens,
+            "model": self.model,
+            "priority": "high" if self.priority == Priority.HIGH else "normal",
+            "history": self.history,
+            "finish_reason": self.finish_reason,
+        }
+
+
+class ClusterState:
+    def __init__(self, report_timeout_s: float = 5.0) -> None:
+        self.report_timeout_s = report_timeout_s
+        self.agents: dict[str, AgentEntry] = {}
+        self.instances: dict[str, InstanceEntry] = {}
+        self.requests: dict[str, RequestRecord] = {}
+        # Dispatched, not yet in a report: instance id -> request id -> (pending, time).
+        self.pending: dict[str, dict[str, tuple[PendingDispatch, float]]] = {}
+        self.num_dispatched: dict[str, int] = {}
+        # Instances being started per model (ids known once the agent answers).
+        self.starting: dict[str, set[str]] = {}
+        self.last_scale_time: dict[str, float] = {}
+
+    # ---- reports ---------------------------------------------------------------------
+    def register_agent(self, agent: AgentEntry, instances: list[InstanceInfo]) -> bool:
+        """Upsert an agent and the instances it hosts; True if the agent was new."""
+        is_new = agent.agent_id not in self.agents
+        agent.last_seen = time.monotonic()
+        self.agents[agent.agent_id] = agent
+        for info in instances:
+            self.upsert_info(info)
+        return is_new
+
+    def upsert_info(self, info: InstanceInfo) -> InstanceEntry:
+        entry = self.instances.get(info.instance_id)
+        if entry is None:
+            entry = self.instances[info.instance_id] = InstanceEntry(info)
+        else:
+            # Keep our own draining intent; take everything else from the report.
+            entry.info = info
+        if info.state != "starting":
+            for ids in self.starting.values():
+                ids.discard(info.instance_id)
+        return entry
+
+    def apply_load(self, info: InstanceInfo, load: InstanceLoad, tokens_per_s: float) -> bool:
+        """Record a load report; True if the instance was not known before."""
+        is_new = info.instance_id not in self.instances
+        entry = self.upsert_info(info)
+        entry.load = replace(load, model=info.model, timestamp=time.monotonic())
+        entry.last_report = time.monotonic()
+        entry.tokens_per_s = tokens_per_s
+        seen = {r.request_id for r in load.running} | {r.request_id for r in load.queued}
+        pending = self.pending.get(info.instance_id, {})
+        for rid in [rid for rid in pending if rid in seen]:
+            del pending[rid]
+        return is_new
+
+    def remove_instance(self, instance_id: str) -> InstanceEntry | None:
+        self.pending.pop(instance_id, None)
+        for ids in self.starting.values():
+            ids.discard(instance_id)
+        return self.instances.pop(instance_id, None)
+
+    # ---- dispatch bookkeeping ----------------------------------------------------------
+    def add_pending(self, instance_id: str, pending: PendingDispatch) -> None:
+        self.pending.setdefault(instance_id, {})[pending.request_id] = (pending, time.monotonic())
+        self.num_dispatched[instance_id] = self.num_dispatched.get(instance_id, 0) + 1
+
+    def drop_pending(self, request_id: str) -> None:
+        for entries in self.pending.values():
+            entries.pop(request_id, None)
+
+    # ---- views -----------------------------------------------------------------------
+    def stale_instances(self) -> list[InstanceEntry]:
+        """Live instances whose reports stopped arriving."""
+        now = time.monotonic()
+        return [
+            e
+            for e in self.instances.values()
+            if e.load is not None and now - e.last_report > self.report_timeout_s
+        ]
+
+    def live(self, model: str | None = None) -> list[InstanceEntry]:
+        return [
+            e
+            for e in self.instances.values()
+            if e.is_live and (model is None or e.info.model == model)
+        ]
+
+    def models(self) -> set[str]:
+        return {e.info.model for e in self.instances.values()}
+
+    def view(self, *, by_group: bool = True) -> ClusterView:
+        """The policy's input: live instances, their pending dispatches, scaling state.
+
+        With `by_group`, `InstanceLoad.model` is the serving group (model + engine
+        fingerprint) so migration pairs only identical engines; dispatch uses the plain
+        model name, which is what a request asks for.
+        """
+        now = time.monotonic()
+        loads = []
+        pending: dict[str, tuple[PendingDispatch, ...]] = {}
+        for entry in self.live():
+            assert entry.load is not None
+            loads.append(self._effective_load(entry, by_group))
+            fresh = [
+                p for p, t in self.pending.get(entry.id, {}).values() if now - t < PENDING_EXPIRY_S
+            ]
+            pending[entry.id] = tuple(fresh)
+        return ClusterView(
+            instances=tuple(loads),
+            now=now,
+            pending=pending,
+            num_dispatched=dict(self.num_dispatched),
+            num_starting={
+                self._starting_group(m): len(ids) for m, ids in self.starting.items() if ids
+            },
+            last_scale_time=dict(self.last_scale_time),
+        )
+
+    def _starting_group(self, model: str) -> str:
+        """The group a booting instance of `model` will join (that of its peers)."""
+        peers = [group_key(e.info) for e in self.live(model)]
+        return peers[0] if peers else model
+
+    def _effective_load(self, entry: InstanceEntry, by_group: bool) -> InstanceLoad:
+        load = entry.load
+        assert load is not None
+        return replace(
+            load,
+            model=group_key(entry.info) if by_group else entry.info.model,
+            is_draining=load.is_draining or entry.is_draining or entry.info.state == "draining",
+            num_migrating_out=max(load.num_migrating_out, entry.num_inflight_out),
+            num_migrating_in=max(load.num_migrating_in, entry.num_inflight_in),
+        )
+
+
+def group_key(info: InstanceInfo) -> str:
+    """Serving group: instances interact (migrate, scale together) only within one."""
+    return f"{info.model}|{info.fingerprint}" if info.fingerprint else info.model
+
+
+def model_of_group(group: str) -> str:
+    return group.split("|", 1)[0]
