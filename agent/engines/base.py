@@ -7,6 +7,14 @@ runs the migration protocol on top of these primitives and never touches engine 
 Migration primitives (docs/architecture.md, "Live migration"):
   source:      read_kv (pre-copy stages) -> stop -> read_kv (last delta) -> release
   destination: reserve -> write_kv ... -> resume -> (cancel on abort)
+
+Changes since the first draft (all additive; the sim engine needs no change):
+- `PreparedRequest.priority` (default NORMAL) so the engine can report it in its load.
+- `stop` may raise MigrationError(reason="finished") when the request ended before the stop;
+  `num_full_blocks`/`read_kv` raise MigrationError(reason="finished"|"preempted") when the
+  request is no longer running with its blocks.
+- After `stop`, `generate` of that request ends without a finish_reason (the llumlet then
+  ends the stream with `migrated`, or resumes locally if the destination failed).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from llumctl.policy.views import RequestLoad
+from llumctl.policy.views import Priority, RequestLoad
 from llumctl.protocol import GenerateRequest, SamplingParams
 
 
@@ -51,6 +59,8 @@ class PreparedRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingParams
+    # Added (issue 3): the llumlet reports it in the load (headroom for high priority).
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True)

