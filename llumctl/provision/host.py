@@ -8,6 +8,7 @@ one). Instances are created afterwards through the agent's API (see up.py).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from llumctl.provision.install import check_python, install_agent
 from llumctl.provision.instances import desired_instances, ensure_instances, resolve_model_path
 from llumctl.provision.runner import CommandRunner, LocalRunner
 from llumctl.provision.service import Service
-from llumctl.provision.shell import qpath, quote
+from llumctl.provision.shell import qpath
 
 Progress = Callable[[str, str], None]
 AGENT_START_TIMEOUT_S = 60.0
@@ -49,7 +50,6 @@ class HostContext:
     secret: str
     wheel: Path | None
     progress: Progress
-    connect: Callable[[HostSpec], CommandRunner]
     cluster: ClusterConfig
     # Drains instances (through the controller) before they are stopped or restarted.
     drain: Callable[[list[str]], None] = lambda ids: None
@@ -88,20 +88,39 @@ def agent_config(host: HostSpec, ctx: HostContext, workdir: str) -> bytes:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
-def bootstrap_host(host: HostSpec, ctx: HostContext) -> HostOutcome:
-    """Run the pipeline on one host; failures end up in the outcome, never raised."""
-    outcome = HostOutcome(name=host.name, agent_url=f"http://{host.agent_host}:{host.agent_port}")
-    step = "connect"
-    runner: CommandRunner | None = None
+@dataclass
+class PreparedHost:
+    """A host that passed the preflight: connected, work directory made, Python checked."""
+
+    runner: CommandRunner
+    workdir: str
+    python: str
+
+
+def prepare_host(
+    host: HostSpec, connect: Callable[[HostSpec], CommandRunner], progress: Progress
+) -> PreparedHost:
+    """Connect and check a host; LlumctlError names the failed step."""
+    runner = connect(host)
+    step = "workdir"
     try:
-        ctx.progress(host.name, "connecting" if not host.is_local else "local host")
-        runner = ctx.connect(host)
-        step = "workdir"
-        outcome.workdir = resolve_workdir(runner, host.workdir)
+        workdir = resolve_workdir(runner, host.workdir)
         step = "check"
-        python = _check(runner, host, ctx)
-        step = "install"
-        outcome.python = _install(runner, host, ctx, outcome.workdir, python)
+        python = _check(runner, host, progress)
+    except LlumctlError as exc:
+        runner.close()
+        raise type(exc)(f"{step}: {exc}") from None
+    return PreparedHost(runner, workdir, python)
+
+
+def bootstrap_host(host: HostSpec, ctx: HostContext, prepared: PreparedHost) -> HostOutcome:
+    """Install, configure and start the agent and its instances; failures end up in the outcome."""
+    outcome = HostOutcome(name=host.name, agent_url=f"http://{host.agent_host}:{host.agent_port}")
+    outcome.workdir = prepared.workdir
+    runner = prepared.runner
+    step = "install"
+    try:
+        outcome.python = _install(runner, host, ctx, outcome.workdir, prepared.python)
         step = "agent"
         _start_agent(runner, host, ctx, outcome)
         step = "instances"
@@ -110,20 +129,17 @@ def bootstrap_host(host: HostSpec, ctx: HostContext) -> HostOutcome:
         outcome.status, outcome.reason = "failed", f"{step}: {exc}"
         ctx.progress(host.name, f"FAILED at {step}: {exc}")
     finally:
-        if runner is not None:
-            runner.close()
+        runner.close()
     return outcome
 
 
-def _check(runner: CommandRunner, host: HostSpec, ctx: HostContext) -> str:
+def _check(runner: CommandRunner, host: HostSpec, progress: Progress) -> str:
     python = f"{host.python_env.rstrip('/')}/bin/python" if host.python_env else host.python
     if isinstance(runner, LocalRunner) and not host.python_env:
-        import sys
-
-        python = sys.executable
+        python = sys.executable  # the local cluster runs from this very installation
     version = check_python(runner, python)
     check_devices(runner, host.devices)
-    ctx.progress(host.name, f"python {version}, devices: {', '.join(host.devices) or 'auto'}")
+    progress(host.name, f"python {version}, devices: {', '.join(host.devices) or 'auto'}")
     return python
 
 
@@ -214,6 +230,3 @@ def _wait_healthy(svc: Service, outcome: HostOutcome, secret: str) -> None:
     raise ProvisionError(
         f"agent did not answer at {outcome.agent_url} within {AGENT_START_TIMEOUT_S:.0f} s"
     )
-
-
-__all__ = ["HostContext", "HostOutcome", "bootstrap_host", "quote"]

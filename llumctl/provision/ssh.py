@@ -127,6 +127,8 @@ def _reason(exc: Exception) -> str:
         return "the key file is encrypted; load it into ssh-agent"
     if isinstance(exc, paramiko.AuthenticationException):
         return "authentication failed (key not accepted)"
+    if isinstance(exc, UnicodeError):
+        return "invalid host name"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve host name ({exc.strerror})"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):

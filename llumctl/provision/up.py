@@ -17,7 +17,13 @@ from llumctl.client import ControllerClient
 from llumctl.config import ClusterConfig, HostSpec
 from llumctl.errors import LlumctlError
 from llumctl.provision.controller import ControllerOutcome, start_controller
-from llumctl.provision.host import HostContext, HostOutcome, bootstrap_host
+from llumctl.provision.host import (
+    HostContext,
+    HostOutcome,
+    PreparedHost,
+    bootstrap_host,
+    prepare_host,
+)
 from llumctl.provision.install import local_wheel
 from llumctl.provision.runner import CommandRunner, LocalRunner
 from llumctl.provision.ssh import connect as ssh_connect
@@ -29,13 +35,14 @@ DRAIN_TIMEOUT_S = 60.0
 
 @dataclass
 class UpResult:
-    controller: ControllerOutcome
+    # None when no host could be reached (nothing was started).
+    controller: ControllerOutcome | None
     hosts: list[HostOutcome] = field(default_factory=list)
     state_path: Path | None = None
 
     @property
     def is_complete(self) -> bool:
-        return all(h.status != "failed" for h in self.hosts)
+        return self.controller is not None and all(h.status != "failed" for h in self.hosts)
 
 
 def connector(accept_new_host_keys: bool) -> Callable[[HostSpec], CommandRunner]:
@@ -55,26 +62,52 @@ def cluster_up(
     old = load_state(state_path, required=False)
     secret = old.secret if old else new_secret()
     connect = connector(accept_new_host_keys)
-    needs_wheel = any(not h.is_local for h in cfg.hosts)
-    wheel = local_wheel() if needs_wheel else None
-    ctrl = start_controller(cfg, secret, connect, wheel, progress)
-    result = UpResult(ctrl)
+    # Connect to and check every host first: if none passes, nothing is started at all.
+    prepared, failed = _preflight(cfg, connect, progress)
+    if not prepared:
+        return UpResult(None, failed)
+    try:
+        wheel = local_wheel() if any(not h.is_local for h in cfg.hosts) else None
+        ctrl = start_controller(cfg, secret, connect, wheel, progress)
+    except LlumctlError:
+        for p in prepared.values():
+            p.runner.close()
+        raise
+    result = UpResult(ctrl, list(failed))
     result.state_path = _save(cfg, ctrl, secret, [], state_path)
+    hosts = [h for h in cfg.hosts if h.name in prepared]
     with ControllerClient(ctrl.url, secret) as controller:
         ctx = HostContext(
             controller_url=ctrl.url,
             secret=secret,
             wheel=wheel,
             progress=progress,
-            connect=connect,
             cluster=cfg,
             drain=lambda ids: drain_and_wait(controller, ids, progress),
         )
-        with ThreadPoolExecutor(max_workers=min(16, len(cfg.hosts))) as pool:
-            result.hosts = list(pool.map(lambda h: bootstrap_host(h, ctx), cfg.hosts))
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+            result.hosts.extend(pool.map(lambda h: bootstrap_host(h, ctx, prepared[h.name]), hosts))
         result.state_path = _save(cfg, ctrl, secret, result.hosts, state_path)
         _wait_ready(controller, result.hosts, progress, ready_timeout_s)
     return result
+
+
+def _preflight(
+    cfg: ClusterConfig, connect: Callable[[HostSpec], CommandRunner], progress: Progress
+) -> tuple[dict[str, PreparedHost], list[HostOutcome]]:
+    def prepare(host: HostSpec) -> PreparedHost | HostOutcome:
+        try:
+            return prepare_host(host, connect, progress)
+        except LlumctlError as exc:
+            progress(host.name, f"FAILED: {exc}")
+            return HostOutcome(host.name, "failed", str(exc))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(cfg.hosts))) as pool:
+        results = list(pool.map(prepare, cfg.hosts))
+    prepared = {
+        h.name: r for h, r in zip(cfg.hosts, results, strict=True) if isinstance(r, PreparedHost)
+    }
+    return prepared, [r for r in results if isinstance(r, HostOutcome)]
 
 
 def _save(

@@ -63,8 +63,13 @@ def _free(value: Any) -> str:
 def render_up_summary(result: Any) -> RenderableType:
     """One row per host (status, agent, instances, reason) after `llumctl up`."""
     ctrl = result.controller
+    title = (
+        f"controller {ctrl.url} on {ctrl.host}: {ctrl.status}"
+        if ctrl
+        else "no host reachable: nothing started"
+    )
     table = Table(
-        title=f"controller {ctrl.url} on {ctrl.host}: {ctrl.status}",
+        title=title,
         box=box.SIMPLE_HEAD,
         title_justify="left",
     )
