@@ -57,7 +57,8 @@ class HostSpec:
     python: str = "python3"
     # An existing Python environment (prefix with bin/python): only the agent is added.
     python_env: str | None = None
-    workdir: str = "~/.llumctl"
+    # Empty = ~/.llumctl on remote hosts, $LLUMCTL_HOME/hosts/<name> on the local one.
+    workdir: str = ""
     agent_port: int = 7100
     # Address the controller uses to reach this agent; defaults to `address`.
     advertise: str | None = None
@@ -212,7 +213,7 @@ def _host(ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any]) -> HostSp
         ssh_key=_get(ctx, path, raw, "ssh_key", str, None),
         python=_get(ctx, path, raw, "python", str, "python3"),
         python_env=_get(ctx, path, raw, "python_env", str, None),
-        workdir=_get(ctx, path, raw, "workdir", str, "~/.llumctl"),
+        workdir=_get(ctx, path, raw, "workdir", str, ""),
         agent_port=_port(ctx, path, raw, "agent_port", 7100),
         advertise=_get(ctx, path, raw, "advertise", str, None),
         devices=tuple(_str_list(ctx, path, raw, "devices")),

@@ -16,7 +16,7 @@ from pathlib import Path
 from llumctl.client import ControllerClient
 from llumctl.config import LOCAL, ClusterConfig, HostSpec
 from llumctl.errors import LlumctlError, ProvisionError
-from llumctl.provision.host import resolve_workdir
+from llumctl.provision.host import default_workdir, resolve_workdir
 from llumctl.provision.install import check_python, install_agent
 from llumctl.provision.runner import CommandRunner, LocalRunner
 from llumctl.provision.service import Service
@@ -87,7 +87,7 @@ def start_controller(
     else:
         host = cfg.host(where)
         runner = connect(host)
-        workdir = resolve_workdir(runner, host.workdir)
+        workdir = resolve_workdir(runner, default_workdir(host))
         if host.python_env:
             python = f"{host.python_env.rstrip('/')}/bin/python"
         else:

@@ -22,6 +22,7 @@ from llumctl.provision.instances import desired_instances, ensure_instances, res
 from llumctl.provision.runner import CommandRunner, LocalRunner
 from llumctl.provision.service import Service
 from llumctl.provision.shell import qpath
+from llumctl.provision.state import llumctl_home
 
 Progress = Callable[[str, str], None]
 AGENT_START_TIMEOUT_S = 60.0
@@ -53,6 +54,12 @@ class HostContext:
     cluster: ClusterConfig
     # Drains instances (through the controller) before they are stopped or restarted.
     drain: Callable[[list[str]], None] = lambda ids: None
+
+
+def default_workdir(host: HostSpec) -> str:
+    if host.workdir:
+        return host.workdir
+    return str(llumctl_home() / "hosts" / host.name) if host.is_local else "~/.llumctl"
 
 
 def resolve_workdir(runner: CommandRunner, workdir: str) -> str:
@@ -104,7 +111,7 @@ def prepare_host(
     runner = connect(host)
     step = "workdir"
     try:
-        workdir = resolve_workdir(runner, host.workdir)
+        workdir = resolve_workdir(runner, default_workdir(host))
         step = "check"
         python = _check(runner, host, progress)
     except LlumctlError as exc:

@@ -95,7 +95,7 @@ def _migrations(
             continue
         status = str(e.get("status", "in-flight"))
         row = MigrationRow(
-            request_id=str(e.get("request_id", "?")),
+            request_id=str(e.get("request_id") or e.get("request") or "?"),
             src=str(e.get("src", e.get("from", "?"))),
             dst=str(e.get("dst", e.get("to", "?"))),
             status=status if status in TERMINAL else "in-flight",
@@ -108,6 +108,15 @@ def _migrations(
             done.append(row)
     flying = [r for r in latest.values() if r.status == "in-flight"]
     return flying, done[-limit:][::-1]
+
+
+def _flying(m: dict[str, Any]) -> MigrationRow:
+    return MigrationRow(
+        request_id=str(m.get("request_id") or m.get("request") or "?"),
+        src=str(m.get("src", "?")),
+        dst=str(m.get("dst", "?")),
+        status="in-flight",
+    )
 
 
 def _scaling(events: list[dict[str, Any]], limit: int) -> list[str]:
@@ -130,7 +139,9 @@ def build_snapshot(
     """A snapshot from `/api/status`, `/api/instances` (device, tokens/s) and `/api/events`."""
     extra = {str(i.get("id") or i.get("instance_id")): i for i in (instances or [])}
     rows = [_instance(i, extra.get(str(i.get("id")), {})) for i in status.get("instances", [])]
-    flying, done = _migrations(events or [], 8)
+    flying, done = _migrations(events or status.get("migrations", []), 8)
+    # The controller may list migrations in flight explicitly; they win over the events.
+    flying = [_flying(m) for m in status.get("migrations_in_flight", [])] or flying
     latency = status.get("latency_ms") or status.get("latency") or {}
     return TopSnapshot(
         controller=str(status.get("controller", controller)),
@@ -138,7 +149,7 @@ def build_snapshot(
         migrations_in_flight=tuple(flying),
         migrations_recent=tuple(done),
         latency_ms={k: dict(v) for k, v in latency.items() if isinstance(v, dict)},
-        scaling_events=tuple(_scaling(events or [], 4)),
+        scaling_events=tuple(_scaling(events or status.get("scaling", []), 4)),
         num_requests=len(status.get("requests", [])),
         sort_key=sort_key,
     )
