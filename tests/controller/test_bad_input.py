@@ -1,0 +1,150 @@
+"""Bad input never yields a 5xx: every mistake gets a 4xx in OpenAI's error shape, and the
+control API refuses a missing or wrong secret with 401 without doing anything."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+SECRET = "test-secret"  # the controller_factory default
+
+
+MODELS = [{"name": "m", "engine": "sim"}]
+
+
+@pytest.fixture
+def controller(controller_factory):
+    return controller_factory(models=MODELS, dispatch_timeout_s=1.0)
+
+
+def _post(url: str, path: str, **kw) -> httpx.Response:
+    return httpx.post(url + path, timeout=10, **kw)
+
+
+def _assert_openai_error(resp: httpx.Response, status: int, needle: str) -> None:
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert needle in error["message"]
+    assert "\n" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"),
+    [
+        ("/v1/completions", b"{not json", 400, "not valid JSON"),
+        ("/v1/completions", b"[1, 2]", 400, "JSON object"),
+        ("/v1/completions", b'{"prompt": "hi"}', 400, "'model' is required"),
+        ("/v1/completions", b'{"model": "nope", "prompt": "hi"}', 404, "does not exist"),
+        ("/v1/completions", b'{"model": "m", "prompt": "hi", "max_tokens": 0}', 400, "max_tokens"),
+        ("/v1/completions", b'{"model": "m", "prompt": "hi", "max_tokens": -5}', 400, "max_tokens"),
+        (
+            "/v1/completions",
+            b'{"model": "m", "prompt": "hi", "max_tokens": "x"}',
+            400,
+            "max_tokens",
+        ),
+        ("/v1/completions", b'{"model": "m", "prompt": "hi", "frobnicate": 1}', 400, "frobnicate"),
+        ("/v1/completions", b'{"model": "m", "prompt": "hi", "logprobs": 3}', 400, "logprobs"),
+        ("/v1/completions", b'{"model": "m", "prompt": "hi", "n": 2}', 400, "n=1"),
+        (
+            "/v1/completions",
+            b'{"model": "m", "prompt": "hi", "temperature": 9}',
+            400,
+            "temperature",
+        ),
+        ("/v1/completions", b'{"model": "m", "prompt": ""}', 400, "prompt"),
+        (
+            "/v1/completions",
+            b'{"model": "m", "prompt": "hi", "priority": "urgent"}',
+            400,
+            "priority",
+        ),
+        ("/v1/chat/completions", b'{"model": "m", "messages": []}', 400, "messages"),
+        ("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "x"}]}', 400, "role"),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user", "content": "a"}], "tools": []}',
+            400,
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0}',
+            400,
+            "max_completion_tokens",
+        ),
+    ],
+)
+def test_bad_openai_requests_get_4xx(controller, path, body, status, needle):
+    resp = _post(controller.url, path, content=body, headers={"Content-Type": "application/json"})
+    _assert_openai_error(resp, status, needle)
+
+
+def test_unknown_route_is_404_in_openai_shape(controller):
+    _assert_openai_error(httpx.get(controller.url + "/v1/nothing"), 404, "Not Found")
+
+
+def test_models_lists_configured_models(controller):
+    data = httpx.get(controller.url + "/v1/models").json()
+    assert [m["id"] for m in data["data"]] == ["m"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+def test_control_api_without_secret_is_401_and_does_nothing(controller, headers):
+    resp = httpx.put(
+        controller.url + "/api/policy",
+        json={"name": "infaas++", "params": {"migrate_out_threshold": -99}},
+        headers=headers,
+    )
+    _assert_openai_error(resp, 401, "secret")
+    for path in ("/api/status", "/api/instances", "/api/requests", "/api/events"):
+        assert httpx.get(controller.url + path, headers=headers).status_code == 401
+    for path in ("/api/migrate", "/api/drain", "/api/scale"):
+        assert _post(controller.url, path, json={}, headers=headers).status_code == 401
+    good = {"Authorization": f"Bearer {SECRET}"}
+    policy = httpx.get(controller.url + "/api/policy", headers=good).json()
+    assert policy["name"] == "llumnix"
+    assert policy["params"]["migrate_out_threshold"] == -3.0
+    events = httpx.get(controller.url + "/api/events", headers=good).json()["events"]
+    assert not [e for e in events if e.get("action") == "set"]
+
+
+def test_control_api_bad_bodies_are_4xx(controller):
+    good = {"Authorization": f"Bearer {SECRET}"}
+    cases = [
+        ("/api/migrate", {"request_id": "nope", "to": "x"}, 404),
+        ("/api/migrate", {"from": "nope", "to": "x", "count": 0}, 400),
+        ("/api/migrate", {"from": "nope", "to": "x"}, 404),
+        ("/api/drain", {"instance": "nope"}, 404),
+        ("/api/drain", {}, 400),
+        ("/api/scale", {"instances": -1}, 400),
+        ("/api/scale", {"instances": 2, "model": "unknown"}, 404),
+    ]
+    for path, body, status in cases:
+        resp = _post(controller.url, path, json=body, headers=good)
+        assert resp.status_code == status, (path, body, resp.text)
+    for body in (
+        {"name": "fastest"},
+        {"params": {"bogus": 1}},
+        {"params": {"max_pairs_per_tick": "x"}},
+    ):
+        resp = httpx.put(controller.url + "/api/policy", json=body, headers=good)
+        assert resp.status_code == 400, (body, resp.text)
+
+
+def test_policy_can_be_changed_at_runtime(controller):
+    good = {"Authorization": f"Bearer {SECRET}"}
+    body = {"name": "infaas++", "params": {"migrate_out_threshold": -7, "policy_period_s": 0.5}}
+    resp = httpx.put(controller.url + "/api/policy", json=body, headers=good)
+    assert resp.status_code == 200, resp.text
+    got = httpx.get(controller.url + "/api/policy", headers=good).json()
+    assert got["name"] == "infaas++"
+    assert got["params"]["migrate_out_threshold"] == -7.0
+    assert got["params"]["policy_period_s"] == 0.5
+
+
+def test_no_instance_for_a_known_model_is_503_not_a_hang(controller):
+    resp = _post(controller.url, "/v1/completions", json={"model": "m", "prompt": "hi"})
+    assert resp.status_code == 503
+    assert resp.json()["error"]["type"] == "server_error"
