@@ -113,4 +113,5 @@ def register(app: typer.Typer) -> None:
     app.command("migrate")(migrate)
     app.command("drain")(drain)
     app.command("scale")(scale)
-    app.command("policy")(policy)
+    # Negative values (`policy set migrate_out_threshold -5`) are values, not options.
+    app.command("policy", context_settings={"ignore_unknown_options": True})(policy)

@@ -93,13 +93,10 @@ def render_top(snap: TopSnapshot, width: int = 80, height: int = 24) -> Renderab
     """The whole screen for a terminal of `width` × `height`."""
     header = Text(no_wrap=True, overflow="ellipsis")
     header.append("llumctl top", style="bold")
-    sim = any(r.engine == "sim" for r in snap.instances)
-    header.append(
-        f"  {snap.controller}  instances {len(snap.instances)}  requests {snap.num_requests}"
-    )
-    header.append(f"  sort: {snap.sort_key}")
-    if sim:
-        header.append("  [sim engines: simulated]", style="magenta")
+    if any(r.engine == "sim" for r in snap.instances):
+        header.append("  [sim: simulated engines]", style="magenta")
+    header.append(f"  {snap.controller}  inst {len(snap.instances)}  req {snap.num_requests}")
+    header.append(f"  sort {snap.sort_key}")
     parts: list[RenderableType] = [header]
     if snap.error:
         parts.append(Text(f"! {snap.error}", style="red", no_wrap=True, overflow="ellipsis"))
