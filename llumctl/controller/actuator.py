@@ -173,7 +173,7 @@ class Actuator:
                 raise
             finally:
                 starting.discard(placeholder)
-            self._state.upsert_info(info)
+            self._state.upsert_info(info, from_agent=True)
             if info.state == "starting":
                 starting.add(info.instance_id)
             started.append(info.instance_id)

@@ -104,17 +104,39 @@ class ClusterState:
         agent.last_seen = time.monotonic()
         self.agents[agent.agent_id] = agent
         for info in instances:
-            self.upsert_info(info)
+            self.upsert_info(info, from_agent=True)
         return is_new
 
-    def upsert_info(self, info: InstanceInfo) -> InstanceEntry:
+    def upsert_info(self, info: InstanceInfo, *, from_agent: bool = False) -> InstanceEntry:
+        """Merge what an agent says (served model name, agent, device) with what the
+        instance itself reports (URL, engine, fingerprint, running/draining)."""
         entry = self.instances.get(info.instance_id)
         if entry is None:
             entry = self.instances[info.instance_id] = InstanceEntry(info)
+        elif from_agent:
+            state = entry.info.state
+            if info.state in ("failed", "stopped") or state == "starting":
+                state = info.state
+            elif info.state == "starting" and entry.load is None:
+                state = "starting"
+            entry.info = replace(
+                entry.info,
+                model=info.model,
+                agent_id=info.agent_id,
+                device=info.device,
+                host=info.host,
+                state=state,
+                fingerprint=entry.info.fingerprint or info.fingerprint,
+            )
         else:
-            # Keep our own draining intent; take everything else from the report.
-            entry.info = info
-        if info.state != "starting":
+            known = entry.info
+            entry.info = replace(
+                info,
+                model=known.model if known.agent_id else info.model,
+                agent_id=known.agent_id or info.agent_id,
+                device=known.device or info.device,
+            )
+        if entry.info.state != "starting":
             for ids in self.starting.values():
                 ids.discard(info.instance_id)
         return entry
@@ -123,7 +145,7 @@ class ClusterState:
         """Record a load report; True if the instance was not known before."""
         is_new = info.instance_id not in self.instances
         entry = self.upsert_info(info)
-        entry.load = replace(load, model=info.model, timestamp=time.monotonic())
+        entry.load = replace(load, model=entry.info.model, timestamp=time.monotonic())
         entry.last_report = time.monotonic()
         entry.tokens_per_s = tokens_per_s
         seen = {r.request_id for r in load.running} | {r.request_id for r in load.queued}

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cluster_helpers import SECRET, AgentProcess, spawn_agent
 
 from llumctl.controller.config import config_from_dict
 from llumctl.controller.launch import ControllerProcess, free_port, spawn_controller
-
-SECRET = "test-secret"
 
 
 @pytest.fixture
@@ -32,3 +32,17 @@ def controller_factory(tmp_path: Path) -> Iterator[Callable[..., ControllerProce
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(controller_url: str, **settings: Any) -> AgentProcess:
+        agent = spawn_agent(tmp_path / f"agent-{len(started)}", controller_url, **settings)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()

@@ -1,0 +1,142 @@
+"""The whole path on sim engines (a simulated engine, labelled `sim`; it is not evidence
+that the vLLM path works): the official openai client against a controller process,
+an agent process hosting sim instances, their llumlets reporting, a forced migration."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from cluster_helpers import add_instances, api, wait_for
+
+MODEL = "sim-model"
+# The paper's 7B profile, 20x faster than real time.
+FAST = {"speedup": 20.0}
+
+
+@pytest.fixture
+def cluster(controller_factory, agent_factory):
+    controller = controller_factory(models=[{"name": MODEL, "engine": "sim"}], policy="infaas++")
+    agent = agent_factory(controller.url)
+    ids = add_instances(agent, MODEL, 2, **FAST)
+    wait_for(lambda: _num_live(controller) == 2, what="two instances reporting")
+    return controller, agent, ids
+
+
+def _num_live(controller) -> int:
+    status = api(controller, "GET", "/api/status").json()
+    return sum(1 for i in status["instances"] if i["state"] == "running")
+
+
+def _client(controller) -> openai.OpenAI:
+    return openai.OpenAI(base_url=controller.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_client_gets_completions_streaming_and_not(cluster):
+    controller, _, ids = cluster
+    client = _client(controller)
+    text = client.completions.create(model=MODEL, prompt="one two three", max_tokens=7)
+    assert text.usage.completion_tokens == 7 and text.usage.prompt_tokens == 3
+    assert len(text.choices[0].text.split()) == 7 and text.choices[0].finish_reason == "length"
+    streamed = client.completions.create(
+        model=MODEL, prompt="one two three", max_tokens=7, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text.choices[0].text
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+    )
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 5
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        chat.choices[0].message.content
+    )
+    assert chunks[-1].usage.completion_tokens == 5
+    status = api(controller, "GET", "/api/status").json()
+    assert {i["engine"] for i in status["instances"]} == {"sim"}
+    with ThreadPoolExecutor(10) as pool:
+        texts = list(
+            pool.map(
+                lambda i: client.completions.create(model=MODEL, prompt=f"n {i}", max_tokens=20),
+                range(10),
+            )
+        )
+    assert all(t.usage.completion_tokens == 20 for t in texts)
+    dispatches = api(controller, "GET", "/api/events", params={"kind": "dispatch"}).json()
+    # A concurrent batch spreads over both instances (pending dispatches count as load).
+    assert {e["instance"] for e in dispatches["events"][-10:]} == set(ids)
+
+
+def test_prompt_longer_than_context_is_a_400(controller_factory, agent_factory):
+    controller = controller_factory(models=[{"name": MODEL, "engine": "sim"}])
+    agent = agent_factory(controller.url)
+    add_instances(agent, MODEL, 1, speedup=20.0, profile={"max_model_len": 16})
+    wait_for(lambda: _num_live(controller) == 1, what="instance")
+    client = _client(controller)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model=MODEL, prompt="w " * 40, max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model=MODEL, prompt="w " * 40, max_tokens=4, stream=True)
+
+
+def test_forced_migration_mid_stream_keeps_the_text(cluster):
+    controller, _, ids = cluster
+    client = _client(controller)
+    prompt, max_tokens = "migrate this request please", 120
+    reference = client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens)
+    stream = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=max_tokens, stream=True
+    )
+    pieces, results = [], []
+    for chunk in stream:
+        pieces.append(chunk.choices[0].text)
+        if len(pieces) == 10:
+            rid = chunk.id
+            src = _instance_of(controller, rid)
+            dst = next(i for i in ids if i != src)
+            # Migrate from another thread: the stream keeps being read meanwhile.
+            body = {"request_id": rid, "to": dst}
+            worker = threading.Thread(
+                target=lambda b=body: results.append(
+                    api(controller, "POST", "/api/migrate", json=b)
+                )
+            )
+            worker.start()
+    worker.join()
+    assert results[0].status_code == 200, results[0].text
+    assert results[0].json()["results"][0]["status"] == "committed"
+    assert "".join(pieces) == reference.choices[0].text
+    events = api(controller, "GET", "/api/events", params={"kind": "migration"}).json()["events"]
+    mine = [e for e in events if e["request"] == rid]
+    assert mine and mine[0]["status"] == "committed" and mine[0]["downtime_ms"] > 0
+    assert (mine[0]["src"], mine[0]["dst"]) == (src, dst)
+    record = next(r for r in api(controller, "GET", "/api/requests").json() if r["id"] == rid)
+    assert [h["instance"] for h in record["history"]] == [src, dst]
+    metrics = httpx.get(controller.url + "/metrics").text
+    assert "llumctl_migration_downtime_seconds_count 1.0" in metrics
+
+
+def _instance_of(controller, rid: str) -> str:
+    status = api(controller, "GET", "/api/status").json()
+    return next(r["instance"] for r in status["requests"] if r["id"] == rid)
+
+
+def test_status_has_the_cli_shape(cluster):
+    controller, _, _ = cluster
+    _client(controller).completions.create(model=MODEL, prompt="a b", max_tokens=3)
+    status = api(controller, "GET", "/api/status").json()
+    assert status["controller"] == controller.url
+    keys = {"id", "host", "engine", "state", "running", "queued", "kv_used_blocks"}
+    keys |= {"kv_total_blocks", "freeness"}
+    assert all(keys <= set(i) for i in status["instances"])
+    assert status["latency"]["ttft_ms"]["p50"] is not None
