@@ -31,6 +31,12 @@ class Metrics:
         self.preempted = Gauge(
             "llumctl_instance_preempted", "Preempted requests", labels, registry=r
         )
+        self.preemptions = Gauge(
+            "llumctl_instance_preemptions_observed",
+            "Preemptions seen in load reports since the instance joined",
+            labels,
+            registry=r,
+        )
         self.dispatches = Counter(
             "llumctl_dispatch", "Requests dispatched", ["instance"], registry=r
         )
@@ -82,6 +88,7 @@ class Metrics:
             self.running,
             self.queued,
             self.preempted,
+            self.preemptions,
         ):
             gauge.clear()
         for entry in state.live():
@@ -95,6 +102,7 @@ class Metrics:
             self.running.labels(*key).set(len(load.running))
             self.queued.labels(*key).set(len(load.queued))
             self.preempted.labels(*key).set(load.num_preempted)
+            self.preemptions.labels(*key).set(entry.num_preemptions_observed)
         return generate_latest(self.registry)
 
 

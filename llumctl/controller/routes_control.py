@@ -175,6 +175,7 @@ def instance_json(ctrl: Controller, entry: InstanceEntry) -> dict[str, Any]:
         "running": len(load.running) if load else 0,
         "queued": len(load.queued) if load else 0,
         "preempted": load.num_preempted if load else 0,
+        "preemptions_observed": entry.num_preemptions_observed,
         "kv_used_blocks": load.num_used_blocks if load else 0,
         "kv_total_blocks": load.num_total_blocks if load else 0,
         "freeness": _finite(freeness),

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -163,7 +164,9 @@ async def _sse(
         yield _data(json.loads(error_response(exc).body))
         yield "data: [DONE]\n\n"
     finally:
-        await stream.close()
+        # A client that hung up cancels this generator; the abort must still go out.
+        with anyio.CancelScope(shield=True):
+            await stream.close()
         ctrl.finish(record, status)
 
 

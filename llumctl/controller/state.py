@@ -42,6 +42,9 @@ class InstanceEntry:
     num_inflight_out: int = 0
     num_inflight_in: int = 0
     tokens_per_s: float = 0.0
+    # Preemptions seen in reports: the sum of rises of `num_preempted` between reports
+    # (a preemption undone within one report period is not seen).
+    num_preemptions_observed: int = 0
 
     @property
     def id(self) -> str:
@@ -145,6 +148,8 @@ class ClusterState:
         """Record a load report; True if the instance was not known before."""
         is_new = info.instance_id not in self.instances
         entry = self.upsert_info(info)
+        before = entry.load.num_preempted if entry.load is not None else 0
+        entry.num_preemptions_observed += max(0, load.num_preempted - before)
         entry.load = replace(load, model=entry.info.model, timestamp=time.monotonic())
         entry.last_report = time.monotonic()
         entry.tokens_per_s = tokens_per_s

@@ -4,13 +4,16 @@ an agent process hosting sim instances, their llumlets reporting, a forced migra
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-from cluster_helpers import add_instances, api, wait_for
+from cluster_helpers import SECRET, add_instances, api, wait_for
+
+from llumctl.protocol import bearer
 
 MODEL = "sim-model"
 # The paper's 7B profile, 20x faster than real time.
@@ -140,3 +143,28 @@ def test_status_has_the_cli_shape(cluster):
     keys |= {"kv_total_blocks", "freeness"}
     assert all(keys <= set(i) for i in status["instances"])
     assert status["latency"]["ttft_ms"]["p50"] is not None
+
+
+def test_client_hanging_up_aborts_the_request_on_its_instance(cluster):
+    controller, agent, _ = cluster
+    body = {"model": MODEL, "prompt": "long one", "max_tokens": 5000, "stream": True}
+    with httpx.stream("POST", controller.url + "/v1/completions", json=body, timeout=30) as resp:
+        lines = resp.iter_lines()
+        first = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+    rid = first["id"]
+    record = wait_for(
+        lambda: next(
+            (
+                r
+                for r in api(controller, "GET", "/api/requests").json()
+                if r["id"] == rid and r["state"] == "aborted"
+            ),
+            None,
+        ),
+        what="the request aborted",
+    )
+    rows = api(controller, "GET", "/api/status").json()["instances"]
+    url = next(i["url"] for i in rows if i["id"] == record["instance"])
+    on_instance = httpx.get(f"{url}/requests", headers=bearer(SECRET)).json()
+    row = next(r for r in on_instance if r["request_id"] == rid)
+    assert row["state"] == "finished" and row["num_output_tokens"] < 5000
