@@ -31,7 +31,6 @@ from agent.engines.base import (
 )
 from agent.engines.sim import tokens
 from llumctl.errors import ConfigError, InputError, MigrationError, NotFoundError
-from llumctl.policy import Priority
 from llumctl.protocol import GenerateRequest
 from llumctl.sim.instance import RUNNING, SimInstance, SimRequest
 from llumctl.sim.profile import LatencyProfile, ProfileError
@@ -70,7 +69,6 @@ class SimEngine(Engine):
         self.model = model
         self._sim = SimInstance(instance_id, self.profile, model)
         self._live: dict[str, _Live] = {}
-        self._priority: dict[str, Priority] = {}
         self._held: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -122,8 +120,7 @@ class SimEngine(Engine):
                 f"prompt ({len(ids)} tokens) plus max_tokens ({request.sampling.max_tokens}) "
                 f"exceeds the model context ({limit})"
             )
-        self._priority[request.request_id] = request.priority
-        return PreparedRequest(request.request_id, ids, request.sampling)
+        return PreparedRequest(request.request_id, ids, request.sampling, request.priority)
 
     def generate(
         self, request: PreparedRequest, *, previous_output_ids: Sequence[int] = ()
@@ -136,7 +133,7 @@ class SimEngine(Engine):
         rid = request.request_id
         if rid in self._live:
             raise InputError(f"request {rid!r} is already running here")
-        priority = self._priority.pop(rid, getattr(request, "priority", Priority.NORMAL))
+        priority = request.priority
         req = SimRequest(
             rid,
             prompt_tokens=len(request.prompt_token_ids),
