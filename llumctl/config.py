@@ -41,6 +41,8 @@ class InstanceSpec:
     device: str = ""
     # Passed through to the engine, on top of [model].engine_args.
     engine_args: dict[str, Any] = field(default_factory=dict)
+    # Served model name for these instances; empty = [model].name.
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ def _instance(ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any]) -> In
         count=count,
         device=_get(ctx, path, raw, "device", str, ""),
         engine_args=_get(ctx, path, raw, "engine_args", dict, {}),
+        model=_get(ctx, path, raw, "model", str, ""),
     )
 
 

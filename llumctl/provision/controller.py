@@ -118,7 +118,7 @@ def _run(
     status = "started"
     if pid:
         progress("controller", "config changed: restarting the controller")
-        if svc.stop(pid):
+        if svc.stop(pid, svc.tree_pids(pid)):
             raise ProvisionError("the old controller did not stop")
         status = "restarted"
     svc.write_config(config)

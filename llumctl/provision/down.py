@@ -63,19 +63,20 @@ def _stop_host(
     try:
         svc = Service(runner, h.workdir, "agent")
         sid = svc.pid() or h.agent_pid
-        if not sid or not svc.session_pids(sid):
+        tree = svc.tree_pids(sid) if sid else []
+        if not tree:
             progress(h.name, "agent not running")
             return DownOutcome(h.name, "not running")
         try:
-            with AgentClient(h.agent_url, secret, timeout_s=30) as agent:
+            with AgentClient(h.agent_url, secret, timeout_s=60) as agent:
                 agent.shutdown()
         except LlumctlError as exc:
             progress(h.name, f"agent did not shut down cleanly ({exc}); stopping by PID")
-        svc.wait_gone(sid, 30.0)
-        left = svc.stop(sid)
+        svc.wait_gone(tree, 30.0)
+        left = svc.stop(sid, tree)
         if left:
             return DownOutcome(h.name, "failed", f"processes still running: {left}")
-        progress(h.name, "agent and instances stopped; no process left")
+        progress(h.name, f"agent and instances stopped ({len(tree)} processes); none left")
         return DownOutcome(h.name, "stopped")
     except LlumctlError as exc:
         return DownOutcome(h.name, "failed", str(exc))
@@ -99,10 +100,11 @@ def _stop_controller(
     try:
         svc = Service(runner, state.controller_workdir, "controller")
         sid = svc.pid() or state.controller_pid
-        if not sid or not svc.session_pids(sid):
+        tree = svc.tree_pids(sid) if sid else []
+        if not tree:
             progress("controller", "not running")
             return DownOutcome("controller", "not running")
-        left = svc.stop(sid)
+        left = svc.stop(sid, tree)
         if left:
             return DownOutcome("controller", "failed", f"processes still running: {left}")
         progress("controller", "stopped; no process left")

@@ -91,6 +91,7 @@ def agent_config(host: HostSpec, ctx: HostContext, workdir: str) -> bytes:
         "devices": list(host.devices),
         "max_instances": max(sum(i.count for i in host.instances), 1),
         "workdir": workdir,
+        "env": dict(host.env),
     }
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
@@ -177,7 +178,7 @@ def _start_agent(
     if pid:
         ctx.progress(host.name, "config changed: draining and restarting the agent")
         ctx.drain(_instance_ids(outcome.agent_url, ctx.secret))
-        left = svc.stop(pid)
+        left = svc.stop(pid, svc.tree_pids(pid))
         if left:
             raise ProvisionError(f"old agent processes did not stop: {left}")
         outcome.status = "restarted"

@@ -47,7 +47,7 @@ def desired_instances(
             body: dict[str, Any] = {
                 "instance_id": f"{host.name}-{n}",
                 "engine": spec.engine,
-                "model": cfg.model.name,
+                "model": spec.model or cfg.model.name,
                 "engine_args": args,
             }
             if spec.engine == "vllm":

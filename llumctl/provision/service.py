@@ -3,7 +3,8 @@
 Started with `setsid` so it has its own session (id = its PID) and survives the SSH
 session; its PID goes to `<name>.pid` in the work directory. Stopping is by that PID and,
 to leave nothing behind, by the PIDs still listed in its session (engine processes it
-spawned). Nothing is ever found or killed by name.
+spawned, found by parent PID even when they start their own session). Nothing is ever
+found or killed by name.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class Service:
         cmd = " ".join(quote(a) for a in argv)
         log, pidfile = quote(self.path(".log")), quote(self.path(".pid"))
         script = (
-            f"cd {quote(self.workdir)} && "
+            # `cd && x &` would background a subshell holding the SSH channel open: keep
+            # the `&` on the service command alone.
+            f"cd {quote(self.workdir)} || exit 1; "
             f"{env_prefix(env)}setsid {cmd} >>{log} 2>&1 </dev/null & "
             f'p=$!; echo "$p" >{pidfile}; echo "$p"'
         )
@@ -59,29 +62,54 @@ class Service:
         except (ValueError, IndexError):
             raise ProvisionError(f"starting {self.name}: no PID reported") from None
 
-    def session_pids(self, sid: int) -> list[int]:
-        """PIDs still in the session `sid` (the service and everything it spawned)."""
-        res = self.runner.run(f"ps -o pid= -s {int(sid)} 2>/dev/null")
-        return [int(x) for x in res.out.split() if x.isdigit()]
+    def tree_pids(self, sid: int) -> list[int]:
+        """PIDs of the session `sid` and of every descendant, even in a session of its own
+        (engine processes are started with their own session by the agent)."""
+        res = self.runner.run("ps -e -o pid=,ppid=,sid= 2>/dev/null")
+        rows = [
+            tuple(int(x) for x in line.split())
+            for line in res.out.splitlines()
+            if len(line.split()) == 3
+        ]
+        found = {pid for pid, _, s in rows if s == sid}
+        grew = True
+        while grew:
+            more = {pid for pid, ppid, _ in rows if ppid in found and pid not in found}
+            found |= more
+            grew = bool(more)
+        return sorted(found)
 
-    def wait_gone(self, sid: int, timeout_s: float) -> list[int]:
+    def alive(self, pids: list[int]) -> list[int]:
+        if not pids:
+            return []
+        listed = ",".join(str(int(p)) for p in pids)
+        res = self.runner.run(f"ps -o pid=,stat= -p {listed} 2>/dev/null")
+        # Zombies are gone already; they wait only for their (reaped) parent's exit status.
+        return [
+            int(line.split()[0])
+            for line in res.out.splitlines()
+            if line.split() and not line.split()[-1].startswith("Z")
+        ]
+
+    def wait_gone(self, pids: list[int], timeout_s: float) -> list[int]:
         deadline = time.monotonic() + timeout_s
         while True:
-            left = self.session_pids(sid)
+            left = self.alive(pids)
             if not left or time.monotonic() >= deadline:
                 return left
             time.sleep(0.5)
 
-    def stop(self, sid: int, grace_s: float = 10.0) -> list[int]:
-        """TERM then KILL every process of the session, by PID; returns PIDs still alive."""
+    def stop(self, sid: int, known: list[int] | None = None, grace_s: float = 10.0) -> list[int]:
+        """TERM then KILL the session's process tree (and `known` PIDs), by PID; returns the
+        PIDs still alive (empty = nothing left)."""
+        targets = sorted(set(self.tree_pids(sid)) | set(known or []))
         for signal, wait_s in (("TERM", grace_s), ("KILL", 5.0)):
-            left = self.session_pids(sid)
+            left = self.alive(targets)
             if not left:
                 break
-            pids = " ".join(str(p) for p in left)
-            self.runner.run(f"kill -{signal} {pids} 2>/dev/null; true")
-            self.wait_gone(sid, wait_s)
-        left = self.session_pids(sid)
+            self.runner.run(f"kill -{signal} {' '.join(str(p) for p in left)} 2>/dev/null; true")
+            self.wait_gone(left, wait_s)
+        left = self.alive(targets)
         if not left:
             self.runner.run(f"rm -f {quote(self.path('.pid'))}")
         return left

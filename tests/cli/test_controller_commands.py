@@ -133,3 +133,25 @@ def test_top_once(cluster: Path) -> None:
     result = llumctl("top", "--once", "--cluster", str(cluster))
     assert result.returncode == 0, result.stderr
     assert "llumctl top" in result.stdout and "migrations: 0 in flight" in result.stdout
+
+
+def test_grafana_dashboard_queries_metrics_the_controller_exports(cluster: Path) -> None:
+    import re
+
+    url = json.loads(cluster.read_text())["controller_url"]
+    exported = set(re.findall(r"^# TYPE (\S+) (\S+)", httpx.get(f"{url}/metrics").text, re.M))
+    names = {name for name, _ in exported}
+    # Counters are exported as <name>_total, histograms as <name>_bucket/_sum/_count.
+    names |= {f"{n}_total" for n, kind in exported if kind == "counter"}
+    names |= {f"{n}_bucket" for n, kind in exported if kind == "histogram"}
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json").read_text()
+    )
+    used = {
+        m
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for m in re.findall(r"llumctl_[a-z_]+", t["expr"])
+    }
+    assert used, "the dashboard queries nothing"
+    assert used <= names, sorted(used - names)

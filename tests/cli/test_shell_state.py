@@ -77,24 +77,26 @@ def test_missing_state_names_the_fix(tmp_path: Path) -> None:
         load_state(tmp_path / "bad.json")
 
 
-def test_service_starts_detached_and_stops_its_whole_session(tmp_path: Path) -> None:
+def test_service_starts_detached_and_stops_its_whole_tree(tmp_path: Path) -> None:
     runner = LocalRunner()
     svc = Service(runner, str(tmp_path), "svc")
-    # A parent that spawns a child: both must be gone after stop().
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+    # A parent that spawns a child in a session of its own (as the agent does with engine
+    # processes): both must be found and gone after stop().
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True); "
+        "time.sleep(600)"
+    )
     pid = svc.start([sys.executable, "-c", code], {"X": "1"})
     assert svc.pid() == pid
     assert (tmp_path / "svc.pid").read_text().strip() == str(pid)
-    assert pid in svc.wait_gone(pid, 0)  # returns at once with what is there
     for _ in range(100):
-        if len(svc.session_pids(pid)) >= 2:
+        if len(svc.tree_pids(pid)) >= 2:
             break
         time.sleep(0.1)
-    pids = svc.session_pids(pid)
-    assert len(pids) >= 2
-    assert svc.stop(pid, grace_s=5) == []
-    for p in pids:
-        assert (
-            not Path(f"/proc/{p}").exists() or "Z" in Path(f"/proc/{p}/stat").read_text().split()[2]
-        )
+    tree = svc.tree_pids(pid)
+    assert len(tree) == 2 and pid in tree
+    assert svc.alive(tree) == tree
+    assert svc.stop(pid, tree, grace_s=5) == []
+    assert svc.alive(tree) == []
     assert svc.pid() == 0
