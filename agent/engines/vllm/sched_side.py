@@ -48,7 +48,9 @@ class SchedulerSide:
         self._computed_at_match: dict[str, int] = {}
         self._loaded: set[str] = set()
         self._loads: list[dict[str, Any]] = []
-        self._snapshot: dict[str, Any] = {"seq": 0}
+        self._snapshot: dict[str, Any] = {
+            "seq": 0, "free": num_total_blocks, "total": num_total_blocks, "requests": [], "held": {},
+        }  # fmt: skip
         self._serve(socket_path)
 
     # ---- vLLM hooks ----------------------------------------------------------------
@@ -187,6 +189,16 @@ class SchedulerSide:
         while True:
             with self._cond:
                 while self._snapshot is sent:
-                    self._cond.wait()
+                    if not self._cond.wait(timeout=0.05):
+                        self._refresh_free()
                 sent = self._snapshot
             send_frame(conn, sent)
+
+    def _refresh_free(self) -> None:
+        """Blocks freed after the last step (kept blocks released on an idle engine)
+        change no request, so no step publishes them: refresh the free count alone."""
+        if self.kv_cache_manager is None:
+            return
+        free = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        if free != self._snapshot["free"]:
+            self._snapshot = {**self._snapshot, "seq": self._snapshot["seq"] + 1, "free": free}

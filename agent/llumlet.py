@@ -1,0 +1,298 @@
+"""The llumlet: an instance's load reporter and its migration coordinator.
+
+Load: it turns the engine's per-step state into the instance's `InstanceLoad` (the same
+dataclass the policy reads; freeness is computed by `llumctl.policy`, never here) and
+pushes a `LoadReport` to the controller on change and at least every `report_period_s`.
+
+Migration (design.md §4), source role, per request R to destination B:
+  1. reserve room on B (`/migrate-in/reserve`), or abort (`no-room`, `dst-unreachable`);
+  2. pre-copy: send R's full blocks while R keeps decoding, repeat for newly filled
+     blocks until the delta is at most one block (or a stage limit);
+  3. stop R (the engine keeps its blocks); 4. send the last full blocks;
+  5. B resumes R (`/migrate-in/{id}/resume`) from the staged blocks and answers once R
+     produced its first token there; 6. commit: free R's blocks, end R's stream here with
+     `migrated(to=B, at=k)`.
+Every failure is a `MigrationAbort` reason. Before the stop, R simply keeps running here;
+after the stop (B failed to resume), R is resumed here from its own kept blocks (prefix
+cache hit), so the client still gets exactly the tokens of an unmigrated run.
+`mode="recompute"` skips steps 2 and 4 (B recomputes all tokens): the baseline.
+The destination role lives in `agent.llumlet_in`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from agent.engines.base import Engine, PreparedRequest
+from agent.streams import StreamRegistry
+from agent.transfer import KvSender, KvTransport
+from llumctl.errors import ConnectionFailed, LlumctlError, MigrationError, NotFoundError
+from llumctl.policy.freeness import blocks_for_tokens
+from llumctl.policy.migration import select_candidates
+from llumctl.protocol import GenerateRequest, MigrationResult, bearer, to_json_dict
+
+log = logging.getLogger(__name__)
+
+# Pre-copy stops when at most this many full blocks remain to send after the stop.
+MAX_DELTA_BLOCKS = 1
+MAX_NUM_STAGES = 8
+HTTP_TIMEOUT_S = 30.0
+
+
+class MigrationAbort:
+    """Stable reason names of migrations that did not commit."""
+
+    UNKNOWN_REQUEST = "unknown-request"
+    FINISHED = "finished"  # R finished (or was aborted) before the stop
+    PREEMPTED = "preempted"  # R lost its blocks on the source during pre-copy
+    NO_ROOM = "no-room"  # B has no room for R's blocks
+    INCOMPATIBLE = "incompatible"  # different model/dtype/block size/layout
+    DST_UNREACHABLE = "dst-unreachable"
+    DST_FAILED = "dst-failed"  # B failed during the migration
+    TRANSFER_FAILED = "transfer-failed"
+    BUSY = "already-migrating"
+
+
+@dataclass
+class RequestRecord:
+    """What the instance knows about a request it serves (for migration and listing)."""
+
+    generate: GenerateRequest
+    prepared: PreparedRequest
+
+
+# Starts a runner that feeds a request's stream from an engine output iterator.
+StartRunner = Callable[[str, Any], None]
+
+
+class MigrationSource:
+    def __init__(
+        self,
+        instance_id: str,
+        engine: Engine,
+        streams: StreamRegistry,
+        records: dict[str, RequestRecord],
+        transport: KvTransport,
+        secret: str,
+        start_runner: StartRunner,
+    ) -> None:
+        self.instance_id = instance_id
+        self.engine = engine
+        self.streams = streams
+        self.records = records
+        self.transport = transport
+        self.secret = secret
+        self.start_runner = start_runner
+        self.migrating: set[str] = set()
+
+    def check(self, request_id: str) -> RequestRecord:
+        """404 for an unknown or finished request, 409 for one that cannot migrate."""
+        stream = self.streams.find(request_id)
+        record = self.records.get(request_id)
+        if stream is None or record is None:
+            raise NotFoundError(f"unknown request {request_id!r}")
+        if stream.is_ended:
+            raise NotFoundError(f"request {request_id!r} already finished on this instance")
+        refusal = record.prepared.sampling.migration_refusal()
+        if refusal is not None:
+            raise MigrationError(f"request {request_id} cannot migrate: {refusal}", refusal)
+        if request_id in self.migrating:
+            raise MigrationError(f"request {request_id} is already migrating", MigrationAbort.BUSY)
+        return record
+
+    def pick(self, load: Any, num_requests: int, selector: str) -> list[str]:
+        return [
+            r for r in select_candidates(load, num_requests, selector) if r not in self.migrating
+        ]
+
+    async def migrate(
+        self, request_id: str, dst_url: str, dst_id: str, mode: str, pause_s: float = 0.0
+    ) -> MigrationResult:
+        record = self.check(request_id)
+        self.migrating.add(request_id)
+        migration = _Migration(self, record, dst_url, dst_id, mode, pause_s)
+        try:
+            return await migration.run()
+        except LlumctlError as exc:
+            reason = getattr(exc, "reason", MigrationAbort.DST_FAILED)
+            log.info("migration of %s to %s aborted: %s (%s)", request_id, dst_id, reason, exc)
+            return migration.result("aborted", reason=reason)
+        finally:
+            self.migrating.discard(request_id)
+
+
+class _Migration:
+    """One request's live (or recompute) migration, source side."""
+
+    def __init__(
+        self, src: MigrationSource, record: RequestRecord, dst_url: str, dst_id: str,
+        mode: str, pause_s: float,
+    ) -> None:  # fmt: skip
+        self.src, self.record, self.mode, self.pause_s = src, record, mode, pause_s
+        self.dst_url, self.dst_id = dst_url.rstrip("/"), dst_id
+        self.rid = record.prepared.request_id
+        self.mid = f"m-{uuid.uuid4().hex[:12]}"
+        self.num_stages = self.num_blocks = self.at = 0
+        self.downtime_ms = 0.0
+        self.sender: KvSender | None = None
+
+    def result(self, status: str, reason: str = "") -> MigrationResult:
+        return MigrationResult(
+            self.rid, self.src.instance_id, self.dst_id, status, reason, self.mode,
+            self.downtime_ms, self.num_stages, self.num_blocks, self.at,
+        )  # fmt: skip
+
+    async def _post(self, http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
+        try:
+            resp = await http.post(f"{self.dst_url}{path}", json=body)
+        except httpx.HTTPError as exc:
+            raise MigrationError(
+                f"destination {self.dst_url}: {exc!r}", MigrationAbort.DST_UNREACHABLE
+            ) from None
+        if resp.status_code >= 400:
+            try:
+                err = resp.json().get("error", {})
+            except ValueError:
+                err = {}
+            reason = err.get("reason") or MigrationAbort.DST_FAILED
+            raise MigrationError(f"destination: {err.get('message', resp.text)}", reason)
+        return resp.json()
+
+    async def run(self) -> MigrationResult:
+        headers = bearer(self.src.secret)
+        async with httpx.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT_S) as http:
+            reply = await self._post(http, "/migrate-in/reserve", self._reserve_body())
+            try:
+                if self.mode == "live":
+                    self.sender = await self._connect(reply["kv_address"])
+                    await self._precopy()
+                return await self._stop_and_resume(http)
+            except BaseException:
+                await self._cancel(http)
+                raise
+            finally:
+                if self.sender is not None:
+                    await self.sender.close()
+
+    def _reserve_body(self) -> dict[str, Any]:
+        spec = getattr(self.src.engine, "spec", None)
+        prepared = self.record.prepared
+        stream = self.src.streams.get(self.rid)
+        num_tokens = len(prepared.prompt_token_ids) + prepared.sampling.max_tokens
+        block_size = spec.block_size_tokens if spec else 16
+        return {
+            "migration_id": self.mid,
+            "request_id": self.rid,
+            "src_instance": self.src.instance_id,
+            "fingerprint": spec.fingerprint if spec else "",
+            "mode": self.mode,
+            # Room for what R holds now plus a block of growth; the rest is the
+            # destination's usual business (it may preempt like for any request).
+            "num_blocks": min(
+                blocks_for_tokens(num_tokens, block_size),
+                blocks_for_tokens(len(prepared.prompt_token_ids) + stream.next_index, block_size)
+                + 1,
+            ),
+        }
+
+    async def _connect(self, address: str) -> KvSender:
+        try:
+            return await self.src.transport.connect(address)
+        except ConnectionFailed as exc:
+            raise MigrationError(str(exc), MigrationAbort.DST_UNREACHABLE) from None
+
+    async def _send(self, first: int, num: int) -> None:
+        if num <= 0:
+            return
+        assert self.sender is not None
+        chunk = await self.src.engine.read_kv(self.rid, first, num)
+        await self.sender.send(self.mid, chunk)
+        self.num_blocks += num
+
+    async def _precopy(self) -> None:
+        sent = 0
+        while self.num_stages < MAX_NUM_STAGES:
+            num_full = await self.src.engine.num_full_blocks(self.rid)
+            if self.num_stages > 0 and num_full - sent <= MAX_DELTA_BLOCKS:
+                return
+            t0 = time.perf_counter()
+            await self._send(sent, num_full - sent)
+            log.info("migration %s stage %d: blocks %d..%d in %.1f ms", self.mid, self.num_stages,
+                     sent, num_full, (time.perf_counter() - t0) * 1000)  # fmt: skip
+            sent = num_full
+            self.num_stages += 1
+            if self.pause_s:
+                await self._debug_pause()
+
+    async def _debug_pause(self) -> None:
+        """Test hook: hold pre-copy until R ends here or `pause_s` passes."""
+        stream = self.src.streams.get(self.rid)
+        deadline = time.monotonic() + self.pause_s
+        self.pause_s = 0.0
+        while not stream.is_ended and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _stop_and_resume(self, http: httpx.AsyncClient) -> MigrationResult:
+        engine, stream = self.src.engine, self.src.streams.get(self.rid)
+        t_stop = time.perf_counter()
+        stopped = await engine.stop(self.rid)
+        t_stopped = time.perf_counter()
+        self.at = len(stopped.output_token_ids)
+        assert self.at == stream.next_index, "stop must cut at the delivered tokens"
+        num_staged = stopped.num_full_blocks if self.mode == "live" else 0
+        try:
+            if self.mode == "live":
+                await self._send(self.num_blocks, num_staged - self.num_blocks)
+            await self._post(
+                http, f"/migrate-in/{self.mid}/resume", self._resume_body(stopped, num_staged)
+            )
+        except BaseException:
+            self._resume_here(stopped.output_token_ids)
+            raise
+        self.downtime_ms = (time.perf_counter() - t_stop) * 1000
+        log.info(
+            "migration %s: stop %.1f ms, downtime %.1f ms",
+            self.mid,
+            (t_stopped - t_stop) * 1000,
+            self.downtime_ms,
+        )
+        await engine.release(self.rid)
+        stream.migrated(self.dst_id, self.dst_url)
+        return self.result("committed")
+
+    def _resume_body(self, stopped: Any, num_staged: int) -> dict[str, Any]:
+        original = self.record.generate
+        request = replace(
+            original, prompt=None, messages=None, prompt_token_ids=stopped.prompt_token_ids
+        )
+        return {
+            "request": to_json_dict(request),
+            "previous_output_ids": list(stopped.output_token_ids),
+            "num_staged_blocks": num_staged,
+        }
+
+    def _resume_here(self, previous: tuple[int, ...]) -> None:
+        """B failed after the stop: continue R here (its kept blocks are a cache hit)."""
+        engine = self.src.engine
+        outputs = engine.resume(
+            f"{self.mid}-back",
+            self.record.prepared,
+            previous_output_ids=previous,
+            num_staged_blocks=0,
+        )
+        self.src.start_runner(self.rid, outputs)
+        asyncio.ensure_future(engine.release(self.rid))
+
+    async def _cancel(self, http: httpx.AsyncClient) -> None:
+        try:
+            await http.post(f"{self.dst_url}/migrate-in/{self.mid}/cancel", timeout=5.0)
+        except httpx.HTTPError:
+            pass  # B is gone: its reservation expires on its own

@@ -1,0 +1,134 @@
+"""Destination role of the llumlet: reservations, staged KV, resume (design.md §4).
+
+A reservation holds room for one incoming request until the source resumes it, cancels
+it, or goes quiet for `idle_timeout_s` (source died): then the staged blocks are dropped,
+so nothing leaks and nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.engines.base import Engine, KvChunk, PreparedRequest
+from agent.llumlet import RequestRecord
+from agent.streams import RequestStream, StreamRegistry
+from llumctl.errors import EngineError, InputError, MigrationError, NotFoundError
+from llumctl.protocol import EventType, GenerateRequest, StreamEvent, from_json_dict
+
+log = logging.getLogger(__name__)
+
+# How long the destination waits for the resumed request's first token.
+RESUME_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Reservation:
+    migration_id: str
+    request_id: str
+    num_blocks: int
+    last_activity: float = field(default_factory=time.monotonic)
+
+
+class MigrationDestination:
+    def __init__(
+        self, engine: Engine, streams: StreamRegistry, records: dict[str, RequestRecord],
+        start_runner: Any, idle_timeout_s: float = 30.0,
+    ) -> None:  # fmt: skip
+        self.engine, self.streams, self.records = engine, streams, records
+        self.start_runner = start_runner
+        self.idle_timeout_s = idle_timeout_s
+        self.reservations: dict[str, Reservation] = {}
+        self._janitor: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._janitor = asyncio.create_task(self._expire_loop())
+
+    async def reserve(self, body: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+        mid, rid = str(body["migration_id"]), str(body["request_id"])
+        if body.get("fingerprint") and fingerprint and body["fingerprint"] != fingerprint:
+            raise MigrationError("source and destination engines differ", "incompatible")
+        stream = self.streams.find(rid)
+        if stream is not None and not stream.is_ended:
+            raise MigrationError(f"request {rid} already runs here", "already-migrating")
+        await self.engine.reserve(mid, int(body["num_blocks"]))
+        self.reservations[mid] = Reservation(mid, rid, int(body["num_blocks"]))
+        return {"migration_id": mid}
+
+    def _get(self, mid: str) -> Reservation:
+        res = self.reservations.get(mid)
+        if res is None:
+            raise NotFoundError(f"unknown or expired migration {mid!r}")
+        res.last_activity = time.monotonic()
+        return res
+
+    async def on_chunk(self, mid: str, chunk: KvChunk) -> None:
+        self._get(mid)
+        await self.engine.write_kv(mid, chunk)
+
+    async def resume(self, mid: str, body: dict[str, Any]) -> dict[str, Any]:
+        res = self._get(mid)
+        try:
+            request = from_json_dict(GenerateRequest, body["request"])
+            previous = tuple(int(t) for t in body["previous_output_ids"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"bad resume body: {exc}") from None
+        if request.prompt_token_ids is None or request.request_id != res.request_id:
+            raise InputError("resume needs the reserved request with its prompt_token_ids")
+        del self.reservations[mid]
+        prepared = PreparedRequest(
+            request.request_id, request.prompt_token_ids, request.sampling, request.priority
+        )
+        stream = RequestStream(
+            request.request_id, first_index=len(previous),
+            num_prompt_tokens=len(request.prompt_token_ids),
+        )  # fmt: skip
+        self.streams.create(stream)
+        self.records[request.request_id] = RequestRecord(request, prepared)
+        outputs = self.engine.resume(
+            mid, prepared, previous_output_ids=previous,
+            num_staged_blocks=int(body.get("num_staged_blocks", 0)),
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        self.start_runner(request.request_id, outputs)
+        await self._first_output(stream)
+        log.info(
+            "migration %s: first token %.1f ms after resume", mid, (time.perf_counter() - t0) * 1000
+        )
+        return {"ok": True, "first_token_ms": (time.perf_counter() - t0) * 1000}
+
+    async def _first_output(self, stream: RequestStream) -> None:
+        async def first() -> StreamEvent:
+            async for event in stream.events(stream.first_index):
+                return event
+            raise AssertionError("a stream always ends with an end event")
+
+        try:
+            event = await asyncio.wait_for(first(), RESUME_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise MigrationError("resumed request produced no token", "dst-failed") from None
+        if event.type == EventType.ERROR:
+            raise MigrationError(f"resume failed: {event.message}", "dst-failed")
+
+    async def cancel(self, mid: str) -> None:
+        self.reservations.pop(mid, None)
+        try:
+            await self.engine.cancel(mid)
+        except EngineError as exc:
+            log.warning("cancel of migration %s: %s", mid, exc)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout_s / 4))
+            now = time.monotonic()
+            for mid, res in list(self.reservations.items()):
+                if now - res.last_activity > self.idle_timeout_s:
+                    log.warning("migration %s: source went quiet; dropping its staging", mid)
+                    await self.cancel(mid)
+
+    @property
+    def num_incoming(self) -> int:
+        return len(self.reservations)

@@ -1,0 +1,223 @@
+"""One instance at run time: an engine, its request streams, its llumlet (both roles).
+
+Engine-agnostic: the vLLM engine (own process, `python -m agent.instance`) and the sim
+engine (hosted in-process by the agent) run under the same `Instance`, and
+`agent.instance.create_app(instance)` serves either over the instance API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from agent.engines.base import Engine, EngineOutput, EngineSpec
+from agent.llumlet import MigrationSource, RequestRecord
+from agent.llumlet_in import MigrationDestination
+from agent.streams import RequestStream, StreamRegistry
+from agent.transfer import KvTransport, TcpTransport
+from llumctl.errors import InputError, LlumctlError
+from llumctl.protocol import (
+    GenerateRequest,
+    InstanceInfo,
+    InstanceLoad,
+    LoadReport,
+    MigrationResult,
+    bearer,
+    to_json_dict,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Instance:
+    def __init__(
+        self,
+        instance_id: str,
+        engine: Engine,
+        secret: str,
+        *,
+        url: str = "",
+        host: str = "127.0.0.1",
+        transport: KvTransport | None = None,
+        controller_url: str | None = None,
+        report_period_s: float = 0.1,
+        migration_idle_timeout_s: float = 30.0,
+        selector: str = "last-admitted",
+    ) -> None:
+        self.instance_id, self.engine, self.secret = instance_id, engine, secret
+        self.url, self.host = url, host
+        self.transport = transport or TcpTransport(secret, host)
+        self.controller_url = controller_url
+        self.report_period_s = report_period_s
+        self.selector = selector
+        self.streams = StreamRegistry()
+        self.records: dict[str, RequestRecord] = {}
+        self.is_draining = False
+        self.spec: EngineSpec | None = None
+        self.kv_address = ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.source = MigrationSource(
+            instance_id, engine, self.streams, self.records, self.transport, secret,
+            self.start_runner,
+        )  # fmt: skip
+        self.destination = MigrationDestination(
+            engine, self.streams, self.records, self.start_runner, migration_idle_timeout_s
+        )
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def start(self) -> EngineSpec:
+        self.spec = await self.engine.start()
+        self.kv_address = await self.transport.serve(self.destination.on_chunk)
+        self.destination.start()
+        self._spawn(self._report_loop())
+        return self.spec
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.transport.close()
+        await self.engine.shutdown()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- requests ------------------------------------------------------------------
+    async def submit(self, request: GenerateRequest) -> RequestStream:
+        if self.is_draining:
+            raise InputError(f"instance {self.instance_id} is draining")
+        prepared = await self.engine.prepare(request)
+        stream = RequestStream(request.request_id, num_prompt_tokens=len(prepared.prompt_token_ids))
+        self.streams.create(stream)
+        self.records[request.request_id] = RequestRecord(request, prepared)
+        self.start_runner(request.request_id, self.engine.generate(prepared))
+        return stream
+
+    def start_runner(self, request_id: str, outputs: Any) -> None:
+        self._spawn(self._run(self.streams.get(request_id), outputs))
+
+    async def _run(self, stream: RequestStream, outputs: Any) -> None:
+        try:
+            async for out in outputs:
+                self._append(stream, out)
+                if out.finish_reason is not None:
+                    stream.finish(out.finish_reason)
+                    return
+            # Ended without a finish: stopped for migration; the llumlet ends the stream.
+            if stream.request_id not in self.source.migrating:
+                stream.finish("abort")
+        except LlumctlError as exc:
+            stream.fail(str(exc), exc.http_status)
+        except Exception as exc:  # an engine bug must end the stream, not hang readers
+            log.exception("request %s failed", stream.request_id)
+            stream.fail(f"engine error: {exc!r}", 500)
+
+    @staticmethod
+    def _append(stream: RequestStream, out: EngineOutput) -> None:
+        last = len(out.token_ids) - 1
+        for i, token_id in enumerate(out.token_ids):
+            stream.append(token_id, out.text if i == last else "")
+
+    async def abort(self, request_id: str) -> None:
+        stream = self.streams.get(request_id)
+        if stream.is_ended:
+            return
+        await self.engine.abort(request_id)
+
+    def list_requests(self) -> list[dict[str, Any]]:
+        rows = []
+        for stream in self.streams.all():
+            record = self.records.get(stream.request_id)
+            state = stream.end.type.value if stream.end else "running"
+            if stream.request_id in self.source.migrating and not stream.end:
+                state = "migrating"
+            rows.append(
+                {
+                    "request_id": stream.request_id,
+                    "state": state,
+                    "num_output_tokens": stream.next_index,
+                    "priority": int(record.prepared.priority) if record else 0,
+                }
+            )
+        return rows
+
+    # ---- load ----------------------------------------------------------------------
+    def load(self) -> InstanceLoad:
+        spec = self.spec
+        engine_load = self.engine.load()
+        return InstanceLoad(
+            instance_id=self.instance_id,
+            num_total_blocks=spec.num_total_blocks if spec else 0,
+            num_used_blocks=engine_load.num_used_blocks,
+            running=engine_load.running,
+            queued=engine_load.queued,
+            num_preempted=engine_load.num_preempted,
+            is_draining=self.is_draining,
+            timestamp=time.time(),
+            model=spec.model if spec else "default",
+            block_size_tokens=spec.block_size_tokens if spec else 16,
+            num_migrating_out=len(self.source.migrating),
+            num_migrating_in=self.destination.num_incoming,
+        )
+
+    def info(self) -> InstanceInfo:
+        spec = self.spec
+        return InstanceInfo(
+            instance_id=self.instance_id,
+            url=self.url,
+            engine=spec.kind if spec else "",
+            model=spec.model if spec else "",
+            host=self.host,
+            fingerprint=spec.fingerprint if spec else "",
+            state="draining" if self.is_draining else "running",
+            max_model_len=spec.max_model_len if spec else 0,
+        )
+
+    def report(self, tokens_per_s: float = 0.0) -> LoadReport:
+        return LoadReport(self.info(), self.load(), tokens_per_s)
+
+    async def _report_loop(self) -> None:
+        """Push the load to the controller on change and at least every report period."""
+        last_sent, last_time, last_tokens = None, 0.0, 0
+        async with httpx.AsyncClient(headers=bearer(self.secret), timeout=2.0) as http:
+            while True:
+                await asyncio.sleep(min(0.02, self.report_period_s))
+                if not self.controller_url:
+                    continue
+                load = replace(self.load(), timestamp=0.0)
+                now = time.monotonic()
+                if load == last_sent and now - last_time < self.report_period_s:
+                    continue
+                tokens = self.engine.load().num_generated_tokens
+                rate = (tokens - last_tokens) / (now - last_time) if last_time else 0.0
+                last_sent, last_time, last_tokens = load, now, tokens
+                await self._push(http, self.report(rate))
+
+    async def _push(self, http: httpx.AsyncClient, report: LoadReport) -> None:
+        try:
+            await http.post(f"{self.controller_url}/internal/load", json=to_json_dict(report))
+        except httpx.HTTPError as exc:
+            log.warning("load report to %s failed: %r", self.controller_url, exc)
+
+    # ---- migration -----------------------------------------------------------------
+    async def migrate_out(self, body: dict[str, Any]) -> list[MigrationResult]:
+        dst_url, dst_id = str(body.get("dst_url", "")), str(body.get("dst_instance_id", ""))
+        mode = str(body.get("mode", "live"))
+        if not dst_url or mode not in ("live", "recompute"):
+            raise InputError("migrate needs dst_url and mode live|recompute")
+        rids = [str(r) for r in body.get("request_ids") or []]
+        for rid in rids:
+            self.source.check(rid)
+        if not rids:
+            num = int(body.get("num_requests", 1))
+            rids = self.source.pick(self.load(), num, str(body.get("selector", self.selector)))
+        pause_s = float(body.get("debug_pause_s", 0.0))
+        jobs = [self.source.migrate(r, dst_url, dst_id, mode, pause_s) for r in rids]
+        return list(await asyncio.gather(*jobs))
