@@ -71,6 +71,10 @@ def scale(
     """Scale the number of instances (scale-down drains first)."""
     with controller_from_state(cluster) as controller:
         data = controller.scale(instances, model)
+    if isinstance(data, dict) and "started" in data:
+        typer.echo(f"started: {', '.join(data['started']) or '-'}")
+        typer.echo(f"draining (stopped when empty): {', '.join(data.get('draining', [])) or '-'}")
+        return
     typer.echo(json.dumps(data) if not isinstance(data, str) else data)
 
 

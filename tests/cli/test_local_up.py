@@ -98,6 +98,21 @@ def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:
         assert grown.returncode == 0, grown.stdout + grown.stderr
         assert "starting instances: sim-4" in grown.stdout
         assert len(json.loads(run(home, "status", "--json").stdout)["instances"]) == 5
+        scaled = run(home, "scale", "6")
+        assert scaled.returncode == 0, scaled.stderr
+        assert re.search(r"started: \S+", scaled.stdout), scaled.stdout
+        assert len(json.loads(run(home, "status", "--json").stdout)["instances"]) == 6
+        drained = run(home, "drain", "sim-0")
+        assert drained.returncode == 0 and "sim-0: draining" in drained.stdout
+        states = {
+            i["id"]: i["state"]
+            for i in json.loads(run(home, "status", "--json").stdout)["instances"]
+        }
+        assert states["sim-0"] == "draining"
+        logs = run(home, "logs", "sim")
+        assert logs.returncode == 0 and "POST" in logs.stdout
+        unknown = run(home, "logs", "nohost")
+        assert unknown.returncode == 2 and "unknown host 'nohost'" in unknown.stderr
     finally:
         if (home / "state.json").exists():
             down_and_check(home)
