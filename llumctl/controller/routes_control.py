@@ -55,6 +55,10 @@ def register(app: FastAPI, ctrl: Controller) -> None:
     async def events(since: int = 0, kind: str | None = None) -> dict[str, Any]:
         return {"last_seq": ctrl.events.last_seq, "events": ctrl.events.since(since, kind)}
 
+    _action_routes(app, ctrl, auth)
+
+
+def _action_routes(app: FastAPI, ctrl: Controller, auth: list[Any]) -> None:
     @app.post("/api/migrate", dependencies=auth)
     async def migrate(request: Request) -> dict[str, Any]:
         return await _migrate(ctrl, decode_body(await request.body()))
