@@ -6,6 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from llumctl.controller.config import config_from_dict
+from llumctl.controller.launch import free_port, spawn_controller
+
 SECRET = "test-secret"  # the controller_factory default
 
 
@@ -15,6 +18,15 @@ MODELS = [{"name": "m", "engine": "sim"}]
 @pytest.fixture
 def controller(controller_factory):
     return controller_factory(models=MODELS, dispatch_timeout_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One controller for the tests that change nothing."""
+    settings = {"models": MODELS, "dispatch_timeout_s": 1.0, "secret": SECRET, "port": free_port()}
+    proc = spawn_controller(config_from_dict(settings), tmp_path_factory.mktemp("shared"))
+    yield proc
+    proc.stop()
 
 
 def _post(url: str, path: str, **kw) -> httpx.Response:
@@ -76,17 +88,17 @@ def _assert_openai_error(resp: httpx.Response, status: int, needle: str) -> None
         ),
     ],
 )
-def test_bad_openai_requests_get_4xx(controller, path, body, status, needle):
-    resp = _post(controller.url, path, content=body, headers={"Content-Type": "application/json"})
+def test_bad_openai_requests_get_4xx(shared, path, body, status, needle):
+    resp = _post(shared.url, path, content=body, headers={"Content-Type": "application/json"})
     _assert_openai_error(resp, status, needle)
 
 
-def test_unknown_route_is_404_in_openai_shape(controller):
-    _assert_openai_error(httpx.get(controller.url + "/v1/nothing"), 404, "Not Found")
+def test_unknown_route_is_404_in_openai_shape(shared):
+    _assert_openai_error(httpx.get(shared.url + "/v1/nothing"), 404, "Not Found")
 
 
-def test_models_lists_configured_models(controller):
-    data = httpx.get(controller.url + "/v1/models").json()
+def test_models_lists_configured_models(shared):
+    data = httpx.get(shared.url + "/v1/models").json()
     assert [m["id"] for m in data["data"]] == ["m"]
 
 
@@ -110,7 +122,7 @@ def test_control_api_without_secret_is_401_and_does_nothing(controller, headers)
     assert not [e for e in events if e.get("action") == "set"]
 
 
-def test_control_api_bad_bodies_are_4xx(controller):
+def test_control_api_bad_bodies_are_4xx(shared):
     good = {"Authorization": f"Bearer {SECRET}"}
     cases = [
         ("/api/migrate", {"request_id": "nope", "to": "x"}, 404),
@@ -122,14 +134,14 @@ def test_control_api_bad_bodies_are_4xx(controller):
         ("/api/scale", {"instances": 2, "model": "unknown"}, 404),
     ]
     for path, body, status in cases:
-        resp = _post(controller.url, path, json=body, headers=good)
+        resp = _post(shared.url, path, json=body, headers=good)
         assert resp.status_code == status, (path, body, resp.text)
     for body in (
         {"name": "fastest"},
         {"params": {"bogus": 1}},
         {"params": {"max_pairs_per_tick": "x"}},
     ):
-        resp = httpx.put(controller.url + "/api/policy", json=body, headers=good)
+        resp = httpx.put(shared.url + "/api/policy", json=body, headers=good)
         assert resp.status_code == 400, (body, resp.text)
 
 
@@ -144,7 +156,7 @@ def test_policy_can_be_changed_at_runtime(controller):
     assert got["params"]["policy_period_s"] == 0.5
 
 
-def test_no_instance_for_a_known_model_is_503_not_a_hang(controller):
-    resp = _post(controller.url, "/v1/completions", json={"model": "m", "prompt": "hi"})
+def test_no_instance_for_a_known_model_is_503_not_a_hang(shared):
+    resp = _post(shared.url, "/v1/completions", json={"model": "m", "prompt": "hi"})
     assert resp.status_code == 503
     assert resp.json()["error"]["type"] == "server_error"
