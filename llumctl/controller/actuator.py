@@ -6,6 +6,7 @@ action leaves the same events and metrics whoever asked for it.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -34,6 +35,9 @@ class Actuator:
         self._events = events
         self._metrics = metrics
         self._config = config
+        # Migrations asked for and not answered yet: {"src", "dst", "request_id", "since"}.
+        self.inflight: dict[int, dict[str, Any]] = {}
+        self._num_asked = 0
 
     def entry(self, instance_id: str) -> InstanceEntry:
         entry = self._state.instances.get(instance_id)
@@ -69,6 +73,10 @@ class Actuator:
         }
         src.num_inflight_out += 1
         dst.num_inflight_in += 1
+        self._num_asked += 1
+        key = self._num_asked
+        rid = request_ids[0] if len(request_ids) == 1 else None
+        self.inflight[key] = {"src": src_id, "dst": dst_id, "request_id": rid, "since": time.time()}
         try:
             results = await self._instances.migrate(src.info.url, body)
         except LlumctlError as exc:
@@ -78,6 +86,7 @@ class Actuator:
         finally:
             src.num_inflight_out -= 1
             dst.num_inflight_in -= 1
+            self.inflight.pop(key, None)
         for result in results:
             self._log_migration(result, trigger, result.get("reason", ""))
         return results

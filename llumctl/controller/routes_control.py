@@ -208,6 +208,7 @@ def status_body(ctrl: Controller) -> dict[str, Any]:
             for a in ctrl.state.agents.values()
         ],
         "migrations": ctrl.events.recent((ev.MIGRATION,)),
+        "migrations_in_flight": list(ctrl.actuator.inflight.values()),
         "scaling": ctrl.events.recent((ev.SCALE_UP, ev.SCALE_DOWN)),
         "latency": {
             "ttft_ms": percentiles(ctrl.metrics.recent_ttft),
