@@ -201,3 +201,25 @@ def test_several_models_dispatch_and_migrate_within_their_own_group(
     assert moved.status_code == 200, moved.text
     assert moved.json()["dst"] == next(i for i in ids_a if i != src)
     stream.close()
+
+
+def test_sixteen_sim_instances_on_two_agents(controller_factory, agent_factory):
+    controller = controller_factory(models=[{"name": MODEL, "engine": "sim"}], policy="llumnix")
+    agents = [agent_factory(controller.url, agent_id=f"host{i}") for i in range(2)]
+    for agent in agents:
+        add_instances(agent, MODEL, 8, speedup=10.0)
+    wait_for(lambda: len(_live(controller)) == 16, what="sixteen instances")
+    client = _client(controller)
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(
+            pool.map(
+                lambda i: client.completions.create(model=MODEL, prompt=f"q {i}", max_tokens=40),
+                range(64),
+            )
+        )
+    assert all(r.usage.completion_tokens == 40 for r in replies)
+    used = {e["instance"] for e in _events(controller, "dispatch")}
+    assert len(used) == 16
+    status = api(controller, "GET", "/api/status").json()
+    assert {i["engine"] for i in status["instances"]} == {"sim"}
+    assert sorted({i["agent"] for i in status["instances"]}) == ["host0", "host1"]
