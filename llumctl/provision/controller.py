@@ -87,13 +87,17 @@ def start_controller(
     else:
         host = cfg.host(where)
         runner = connect(host)
-        workdir = resolve_workdir(runner, default_workdir(host))
-        if host.python_env:
-            python = f"{host.python_env.rstrip('/')}/bin/python"
-        else:
-            check_python(runner, host.python)
+        try:
+            workdir = resolve_workdir(runner, default_workdir(host))
+            if host.python_env:
+                check_python(runner, f"{host.python_env.rstrip('/')}/bin/python")
+            else:
+                check_python(runner, host.python)
             assert wheel is not None  # remote hosts always get the wheel
             python, _ = install_agent(runner, workdir, host.python, host.python_env, wheel)
+        except LlumctlError:
+            runner.close()
+            raise
     try:
         return _run(runner, workdir, python, cfg, secret, progress)
     finally:

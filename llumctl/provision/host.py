@@ -130,9 +130,9 @@ def bootstrap_host(host: HostSpec, ctx: HostContext, prepared: PreparedHost) -> 
     runner = prepared.runner
     step = "install"
     try:
-        outcome.python = _install(runner, host, ctx, outcome.workdir, prepared.python)
+        outcome.python, is_new_code = _install(runner, host, ctx, outcome.workdir, prepared.python)
         step = "agent"
-        _start_agent(runner, host, ctx, outcome)
+        _start_agent(runner, host, ctx, outcome, is_new_code)
         step = "instances"
         _instances(runner, host, ctx, outcome)
     except LlumctlError as exc:
@@ -155,30 +155,33 @@ def _check(runner: CommandRunner, host: HostSpec, progress: Progress) -> str:
 
 def _install(
     runner: CommandRunner, host: HostSpec, ctx: HostContext, workdir: str, python: str
-) -> str:
+) -> tuple[str, bool]:
+    """(python of the agent's environment, whether new code was installed)."""
     if ctx.wheel is None:  # local cluster: the agent runs from this very installation
-        return python
+        return python, False
     ctx.progress(
         host.name, "installing the agent" + (f" into {host.python_env}" if host.python_env else "")
     )
     env_python, changed = install_agent(runner, workdir, host.python, host.python_env, ctx.wheel)
     ctx.progress(host.name, "agent installed" if changed else "agent already installed")
-    return env_python
+    return env_python, changed
 
 
 def _start_agent(
-    runner: CommandRunner, host: HostSpec, ctx: HostContext, outcome: HostOutcome
+    runner: CommandRunner, host: HostSpec, ctx: HostContext, outcome: HostOutcome, is_new_code: bool
 ) -> None:
     svc = Service(runner, outcome.workdir, "agent")
     config = agent_config(host, ctx, outcome.workdir)
     pid = svc.pid()
-    if pid and svc.read_config() == config and _healthy(outcome.agent_url, ctx.secret):
+    is_same = not is_new_code and svc.read_config() == config
+    if pid and is_same and _healthy(outcome.agent_url, ctx.secret):
         outcome.status, outcome.agent_pid = "unchanged", pid
         ctx.progress(host.name, f"agent healthy (pid {pid}), left alone")
         return
     outcome.status = "started"
     if pid:
-        ctx.progress(host.name, "config changed: draining and restarting the agent")
+        why = "new llumctl version" if is_new_code else "config changed"
+        ctx.progress(host.name, f"{why}: draining and restarting the agent")
         ctx.drain(_instance_ids(outcome.agent_url, ctx.secret))
         left = svc.stop(pid, svc.tree_pids(pid))
         if left:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -109,8 +109,11 @@ class SshEnv:
     wrong_key: Path
     hosts: list[SshHost]
 
+    # Extra environment for the CLI (e.g. LLUMCTL_WHEEL pinning the installed version).
+    extra_env: dict[str, str] = field(default_factory=dict)
+
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env["HOME"] = str(self.home)
         env["LLUMCTL_HOME"] = str(self.home / ".llumctl")
         env.pop("SSH_AUTH_SOCK", None)  # only the key files named in the cluster file

@@ -22,6 +22,8 @@ import pytest
 from openai import OpenAI
 from ssh_hosts import SshEnv, free_port
 
+from llumctl.provision.install import local_wheel
+
 pytestmark = pytest.mark.ssh
 
 SIM_MODEL = "sim-tiny"
@@ -99,6 +101,12 @@ model = "{SIM_MODEL}"
 @pytest.fixture(scope="module")
 def cluster(ssh_env: SshEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("e2e")
+    # Pin the version `up` installs: the checkout may change while the tests run (other
+    # work in progress), and a rerun of `up` with new code rightly reinstalls and restarts.
+    wheel = root / "wheels" / local_wheel().name
+    wheel.parent.mkdir()
+    shutil.copy(local_wheel(), wheel)
+    ssh_env.extra_env["LLUMCTL_WHEEL"] = str(wheel)
     port = free_port()
     path = write_cluster(ssh_env, root, port)
     up = ssh_env.llumctl(
