@@ -62,7 +62,7 @@ class ControllerClient(_Api):
     what = "controller"
 
     def status(self) -> dict[str, Any]:
-        return self.request("GET", "/api/status")
+        return _object(self.request("GET", "/api/status"))
 
     def events(self, since: int = 0) -> Any:
         return self.request("GET", "/api/events", params={"since": since})
@@ -103,10 +103,10 @@ class AgentClient(_Api):
     what = "agent"
 
     def health(self) -> dict[str, Any]:
-        return self.request("GET", "/health")
+        return _object(self.request("GET", "/health"))
 
     def start_instance(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/instances", body)
+        return _object(self.request("POST", "/instances", body))
 
     def stop_instance(self, instance_id: str) -> Any:
         return self.request("DELETE", f"/instances/{instance_id}")
@@ -116,6 +116,13 @@ class AgentClient(_Api):
 
     def shutdown(self) -> Any:
         return self.request("POST", "/shutdown")
+
+
+def _object(data: Any) -> dict[str, Any]:
+    """A JSON object answer, or LlumctlError (a proxy or wrong port answered something else)."""
+    if not isinstance(data, dict):
+        raise LlumctlError(f"unexpected answer (not a JSON object): {str(data)[:80]!r}")
+    return data
 
 
 def _short(exc: Exception) -> str:

@@ -218,7 +218,7 @@ def _host(ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any]) -> HostSp
         python=_get(ctx, path, raw, "python", str, "python3"),
         python_env=_get(ctx, path, raw, "python_env", str, None),
         workdir=_get(ctx, path, raw, "workdir", str, ""),
-        agent_port=_port(ctx, path, raw, "agent_port", 7100),
+        agent_port=_required_port(ctx, path, raw, "agent_port", 7100),
         advertise=_get(ctx, path, raw, "advertise", str, None),
         devices=tuple(_str_list(ctx, path, raw, "devices")),
         max_instances=_get(ctx, path, raw, "max_instances", int, 0),
@@ -253,7 +253,7 @@ def _controller(ctx: _Ctx, raw: dict[str, Any]) -> ControllerSpec:
     return ControllerSpec(
         host=_get(ctx, path, raw, "host", str, LOCAL),
         bind=_get(ctx, path, raw, "bind", str, "127.0.0.1"),
-        port=_port(ctx, path, raw, "port", 8000),
+        port=_required_port(ctx, path, raw, "port", 8000),
         advertise=_get(ctx, path, raw, "advertise", str, None),
         api_keys=tuple(_str_list(ctx, path, raw, "api_keys")),
     )
@@ -309,14 +309,22 @@ def _get(
 def _port(
     ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any], key: str, default: int | None
 ) -> int | None:
-    port = _get(ctx, path, raw, key, int, default)
+    port: int | None = _get(ctx, path, raw, key, int, default)
     if port is not None and not 1 <= port <= 65535:
         raise ctx.error(path + (key,), f"port out of range: {port}")
     return port
 
 
+def _required_port(
+    ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any], key: str, default: int
+) -> int:
+    port = _port(ctx, path, raw, key, default)
+    assert port is not None  # a default was given
+    return port
+
+
 def _str_list(ctx: _Ctx, path: tuple[str | int, ...], raw: dict[str, Any], key: str) -> list[str]:
-    items = _get(ctx, path, raw, key, list, [])
+    items: list[str] = _get(ctx, path, raw, key, list, [])
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise ctx.error(path + (key, i), f"expected a string, got {item!r}")

@@ -77,6 +77,12 @@ def _cbreak() -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
+def _sleep(seconds: float) -> str:
+    """No keyboard (not a terminal): just wait; no key pressed."""
+    time.sleep(seconds)
+    return ""
+
+
 def _read_key(timeout_s: float) -> str:
     ready, _, _ = select.select([sys.stdin], [], [], timeout_s)
     return os.read(sys.stdin.fileno(), 1).decode(errors="ignore") if ready else ""
@@ -111,7 +117,7 @@ def _live(console: Console, poller: Poller, sort: str, interval: float) -> None:
             size = console.size
             live.update(render_top(poller.snapshot(sort), size.width, size.height), refresh=True)
             wait = max(0.0, interval - (time.monotonic() - started))
-            key = _read_key(wait) if has_keys else (time.sleep(wait) or "")
+            key = _read_key(wait) if has_keys else _sleep(wait)
             if key in ("q", "Q"):
                 return
             if key in ("s", "S"):

@@ -23,14 +23,14 @@ from llumctl.provision.runner import SSHRunner
 CONNECT_TIMEOUT_S = 10.0
 
 
-class UnknownHostKey(paramiko.SSHException):
+class UnknownHostKey(paramiko.SSHException):  # type: ignore[misc]
     def __init__(self, hostname: str, key: paramiko.PKey) -> None:
         super().__init__(hostname)
         self.hostname = hostname
         self.fingerprint = f"{key.get_name()} {key.fingerprint}"
 
 
-class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
