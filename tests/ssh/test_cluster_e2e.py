@@ -278,6 +278,17 @@ def test_rerun_up_is_a_no_op(cluster: Cluster) -> None:
     assert {i["id"] for i in cluster.status()["instances"]} == {"hosta-0", "hosta-1", "hostb-0"}
 
 
+def test_logs_of_an_agent_and_of_an_instance(cluster: Cluster) -> None:
+    agent_log = cluster.env.llumctl("logs", "hostb", "-n", "500")
+    assert agent_log.returncode == 0, agent_log.stderr
+    assert "instance hostb-0" in agent_log.stdout
+    engine_log = cluster.env.llumctl("logs", "hosta", "hosta-1", "-n", "2000")
+    assert engine_log.returncode == 0, engine_log.stderr
+    assert "EngineCore" in engine_log.stdout  # the vLLM engine's own output
+    missing = cluster.env.llumctl("logs", "hosta", "hosta-9")
+    assert missing.returncode == 2 and "hosta-9" in missing.stderr
+
+
 def test_down_leaves_no_process(cluster: Cluster) -> None:
     state = cluster.state()
     pids = [h["agent_pid"] for h in state["hosts"]] + [state["controller_pid"]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,12 @@ pytestmark = pytest.mark.ssh
 def test_controller_on_a_remote_host_and_a_failing_host(ssh_env: SshEnv, tmp_path: Path) -> None:
     good = ssh_env.hosts[1]
     port = free_port()
+    # An existing Python environment on the host (as GPU hosts have for vLLM): the agent
+    # is added to it, no virtualenv of our own is made.
+    env_dir = tmp_path / "existing env"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], check=True
+    )
     text = f"""
 [controller]
 host = "hostb"
@@ -29,6 +37,7 @@ address = "127.0.0.1"
 ssh_port = {good.port}
 ssh_key = "{ssh_env.key}"
 workdir = "{tmp_path}/hostb"
+python_env = "{env_dir}"
 agent_port = {free_port()}
 [[hosts.instances]]
 engine = "sim"
@@ -64,6 +73,12 @@ engine = "sim"
             ).usage.completion_tokens
             == 3
         )
+        assert not (tmp_path / "hostb" / "venv").exists()
+        installed = list(env_dir.glob("lib/python*/site-packages/llumctl-*.dist-info"))
+        assert installed, "llumctl was not installed into the host's existing environment"
+        agent_cmd = (tmp_path / "hostb" / "agent.pid").read_text().strip()
+        cmdline = Path(f"/proc/{agent_cmd}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[0].decode() == f"{env_dir}/bin/python"
         logs = ssh_env.llumctl("logs", "hostb")
         assert logs.returncode == 0 and "instance hostb-0" in logs.stdout
     finally:
