@@ -180,7 +180,9 @@ class ProcessHosted(Hosted):
         return "\n".join(lines[-tail:]) + "\n"
 
 
-def vllm_argv(info: InstanceInfo, port: int, engine_args: dict[str, Any], ctx: dict[str, Any]):
+def vllm_argv(
+    info: InstanceInfo, port: int, engine_args: dict[str, Any], ctx: dict[str, Any]
+) -> list[str]:
     """Command line of a vLLM instance process (`python -m agent.instance`)."""
     args = dict(engine_args)
     model_path = args.pop("model_path", None) or args.pop("model", None)

@@ -78,7 +78,9 @@ class Agent:
         self._beat.set()
         return hosted.info
 
-    def _hosted(self, iid: str, engine: str, model: str, args: dict, device: str) -> Hosted:
+    def _hosted(
+        self, iid: str, engine: str, model: str, args: dict[str, Any], device: str
+    ) -> Hosted:
         cfg = self.config
         ctx = {
             "controller_url": cfg.controller_url,
@@ -101,7 +103,9 @@ class Agent:
             info, vllm_argv(info, port, args, ctx), env, cfg.workdir / "logs" / f"{iid}.log"
         )
 
-    def _info(self, iid: str, engine: str, model: str, url: str, device: str, state="running"):
+    def _info(
+        self, iid: str, engine: str, model: str, url: str, device: str, state: str = "running"
+    ) -> InstanceInfo:
         return InstanceInfo(
             instance_id=iid,
             url=url,
@@ -227,7 +231,8 @@ def _routes(api: FastAPI, agent: Agent) -> None:
             raise InputError("request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise InputError("request body must be a JSON object")
-        return to_json_dict(await agent.create(body))
+        info: dict[str, Any] = to_json_dict(await agent.create(body))
+        return info
 
     @api.delete("/instances/{instance_id}", dependencies=auth)
     async def delete(instance_id: str) -> dict[str, Any]:
@@ -257,7 +262,7 @@ class InstanceRouter:
         self.api = api
         self.agent = agent
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             parts = scope["path"].split("/", 4)
             if len(parts) >= 4 and parts[1] == "instances" and parts[3] != "logs":

@@ -38,7 +38,9 @@ def config_json(config: ControllerConfig) -> dict[str, Any]:
     return data
 
 
-def wait_healthy(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def wait_healthy(
+    url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

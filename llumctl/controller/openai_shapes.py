@@ -71,5 +71,7 @@ def usage_chunk(req: ParsedRequest, rid: str, num_prompt: int, num_out: int) -> 
     }
 
 
-def error_body(message: str, kind: str, param: str | None = None, code: Any = None) -> dict:
+def error_body(
+    message: str, kind: str, param: str | None = None, code: Any = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -131,18 +131,19 @@ async def _migrate(ctrl: Controller, body: dict[str, Any]) -> dict[str, Any]:
     to = body.get("to")
     if to is not None and not isinstance(to, str):
         raise InputError("'to' must be an instance id")
+    request_ids: tuple[str, ...] = ()
     if body.get("request_id") is not None:
         rid = _str(body, "request_id")
         record = ctrl.state.requests.get(rid)
         if record is None or record.state not in ("queued", "running"):
             raise NotFoundError(f"no running request {rid!r}")
-        src, request_ids, count = record.instance, (rid,), 1
+        src, count = record.instance, 1
+        request_ids = (rid,)
     else:
         src = _str(body, "from")
         count = body.get("count", 1)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise InputError("'count' must be a positive integer")
-        request_ids = ()
     dst = to or _freest_peer(ctrl, src)
     results = await ctrl.actuator.migrate(
         src, dst, request_ids=request_ids, count=count, trigger="operator"

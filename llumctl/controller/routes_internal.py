@@ -41,7 +41,7 @@ def register(app: FastAPI, ctrl: Controller) -> None:
         _note_failures(ctrl, infos)
         alive = [i for i in infos if i.state not in ("failed", "stopped")]
         if ctrl.state.register_agent(agent, alive):
-            ctrl.events.add(ev.INSTANCE_UP, agent=agent.agent_id, url=agent.url, kind="agent")
+            ctrl.events.add(ev.INSTANCE_UP, agent=agent.agent_id, url=agent.url, what="agent")
         return {"registered": True, "controller": ctrl.config.url}
 
     @app.post("/internal/load", dependencies=auth)

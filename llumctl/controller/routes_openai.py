@@ -161,7 +161,7 @@ async def _sse(
         yield "data: [DONE]\n\n"
     except LlumctlError as exc:
         status = "failed"
-        yield _data(json.loads(error_response(exc).body))
+        yield _data(json.loads(bytes(error_response(exc).body)))
         yield "data: [DONE]\n\n"
     finally:
         # A client that hung up cancels this generator; the abort must still go out.

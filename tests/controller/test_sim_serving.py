@@ -95,7 +95,7 @@ def test_prompt_longer_than_context_is_a_400(controller_factory, agent_factory):
 def test_forced_migration_mid_stream_keeps_the_text(cluster):
     controller, _, ids = cluster
     client = _client(controller)
-    prompt, max_tokens = "migrate this request please", 120
+    prompt, max_tokens = "migrate this request please", 1500
     reference = client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens)
     stream = client.completions.create(
         model=MODEL, prompt=prompt, max_tokens=max_tokens, stream=True
