@@ -13,6 +13,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,7 @@ def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:
         assert grown.returncode == 0, grown.stdout + grown.stderr
         assert "starting instances: sim-4" in grown.stdout
         assert len(json.loads(run(home, "status", "--json").stdout)["instances"]) == 5
+        migrate_some(home, client)
         scaled = run(home, "scale", "6")
         assert scaled.returncode == 0, scaled.stderr
         assert re.search(r"started: \S+", scaled.stdout), scaled.stdout
@@ -116,6 +119,35 @@ def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:
     finally:
         if (home / "state.json").exists():
             down_and_check(home)
+
+
+def migrate_some(home: Path, client: OpenAI) -> None:
+    """`migrate --from A --count 1` (destination: the freest) moves one of A's requests."""
+    texts: list[str] = []
+
+    def stream() -> None:
+        out = client.completions.create(model="sim-7b", prompt="go", max_tokens=200, stream=True)
+        texts.append("".join(c.choices[0].text for c in out if c.choices))
+
+    workers = [threading.Thread(target=stream) for _ in range(3)]
+    for w in workers:
+        w.start()
+    busy: list[str] = []
+    for _ in range(100):
+        rows = json.loads(run(home, "status", "--json").stdout)["instances"]
+        busy = [i["id"] for i in rows if i["running"] > 0]
+        if busy:
+            break
+        time.sleep(0.1)
+    assert busy, "no request started running"
+    moved = run(home, "migrate", "--from", busy[0], "--count", "1")
+    for w in workers:
+        w.join(120)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert re.search(rf"{busy[0]} -> sim-\d committed \(downtime [0-9.]+ ms", moved.stdout), (
+        moved.stdout
+    )
+    assert len(texts) == 3 and all(texts)
 
 
 @pytest.mark.vllm

@@ -281,7 +281,10 @@ def test_rerun_up_is_a_no_op(cluster: Cluster) -> None:
 def test_logs_of_an_agent_and_of_an_instance(cluster: Cluster) -> None:
     agent_log = cluster.env.llumctl("logs", "hostb", "-n", "500")
     assert agent_log.returncode == 0, agent_log.stderr
-    assert "instance hostb-0" in agent_log.stdout
+    # The agent's own log, read over SSH (its reports to the controller fill it).
+    lines = agent_log.stdout.splitlines()
+    assert 0 < len(lines) <= 500
+    assert "/internal/" in agent_log.stdout
     engine_log = cluster.env.llumctl("logs", "hosta", "hosta-1", "-n", "2000")
     assert engine_log.returncode == 0, engine_log.stderr
     assert "EngineCore" in engine_log.stdout  # the vLLM engine's own output
