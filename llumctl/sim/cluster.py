@@ -1,0 +1,330 @@
+"""The discrete-event simulator: a cluster of `SimInstance`s driven by a `Policy`.
+
+Events are ordered by (time, sequence number), so a run is a pure function of its inputs.
+Kinds: an instance step ends (and the next begins), a request arrives (dispatch), the
+policy ticks (migrations and scaling), a migration stage or stop ends, an instance
+finishes booting. The policy sees `InstanceLoad` reports no older than
+`report_interval_s` plus the dispatches made since each report (`pending`), exactly as
+the controller feeds it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from llumctl.policy import (
+    ClusterView,
+    Dispatch,
+    InstanceLoad,
+    Migrate,
+    NewRequest,
+    PendingDispatch,
+    Policy,
+    Priority,
+    ScaleDown,
+    ScaleUp,
+    select_candidates,
+)
+from llumctl.sim.config import SimConfig
+from llumctl.sim.instance import SimInstance, SimRequest, StepResult
+from llumctl.sim.migration import Migration, MigrationModel
+from llumctl.sim.profile import LatencyProfile
+from llumctl.sim.workload import RequestSpec
+
+STEP, ARRIVAL, MIGRATION, READY, TICK = range(5)
+Progress = Callable[[int, int], None]
+
+
+class Simulation:
+    """One run of one policy over one workload."""
+
+    def __init__(
+        self,
+        requests: Sequence[RequestSpec],
+        policy: Policy,
+        config: SimConfig,
+        profile: LatencyProfile,
+    ) -> None:
+        self.policy = policy
+        self.config = config
+        self.profile = profile
+        self.requests = [
+            SimRequest(r.request_id, r.prompt_tokens, r.output_tokens, r.priority, r.arrival_time)
+            for r in requests
+        ]
+        self.migrations = MigrationModel(config, profile)
+        self.instances: dict[str, SimInstance] = {}
+        self._busy: set[str] = set()
+        self._events: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self._num_created = 0
+        self._num_starting = 0
+        self._last_scale: dict[str, float] = {}
+        self._reports: dict[str, InstanceLoad] = {}
+        self._pending: dict[str, list[PendingDispatch]] = {}
+        self._num_dispatched: dict[str, int] = {}
+        self._waiting: list[SimRequest] = []
+        self._num_finished = 0
+        self._alive_area = 0.0
+        self._alive_since = 0.0
+        self._num_alive = 0
+        self._frag_sum = 0.0
+        self._frag_samples = 0
+        self.end_time = 0.0
+
+    # ---- event plumbing ---------------------------------------------------------------
+    def _push(self, time: float, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (time, self._seq, kind, payload))
+
+    def _set_alive(self, now: float, delta: int) -> None:
+        self._alive_area += self._num_alive * (now - self._alive_since)
+        self._alive_since = now
+        self._num_alive += delta
+
+    def _new_instance(self, now: float) -> SimInstance:
+        iid = f"i{self._num_created}"
+        self._num_created += 1
+        inst = SimInstance(iid, self.profile)
+        self.instances[iid] = inst
+        return inst
+
+    def run(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Simulate until every request finished; return the raw results."""
+        for _ in range(self.config.num_instances):
+            self._new_instance(0.0)
+        self._set_alive(0.0, self.config.num_instances)
+        for req in self.requests:
+            self._push(req.arrival_time, ARRIVAL, req)
+        self._push(self.config.tick_interval_s, TICK, None)
+        total = len(self.requests)
+        handlers = {
+            STEP: self._on_step,
+            ARRIVAL: self._on_arrival,
+            MIGRATION: self._on_migration,
+            READY: self._on_ready,
+            TICK: self._on_tick,
+        }
+        events = self._events
+        report_every = max(1, total // 100)
+        while events and self._num_finished < total:
+            now, _, kind, payload = heapq.heappop(events)
+            before = self._num_finished
+            handlers[kind](now, payload)
+            if progress and self._num_finished // report_every != before // report_every:
+                progress(self._num_finished, total)
+        self._set_alive(self.end_time, 0)
+        if progress:
+            progress(self._num_finished, total)
+        return self._results()
+
+    # ---- instance steps -------------------------------------------------------------
+    def _kick(self, inst: SimInstance, now: float) -> None:
+        if inst.instance_id not in self._busy:
+            self._busy.add(inst.instance_id)
+            self._push(now, STEP, inst)
+
+    def _on_step(self, now: float, inst: SimInstance) -> None:
+        result = inst.step()
+        if result is None:
+            self._busy.discard(inst.instance_id)
+            self._maybe_retire(inst, now)
+            return
+        end = now + result.duration_s
+        self._record(result, now, end)
+        self._push(end, STEP, inst)
+
+    def _record(self, result: StepResult, now: float, end: float) -> None:
+        for req in result.preempted:
+            req.preempted_at = now
+        for req in result.started:
+            if req.first_token_time is None:
+                req.first_token_time = end
+            if req.preempted_at is not None:
+                recompute_ms = self.profile.prefill_ms(req.context_tokens - 1)
+                req.preemption_loss_s += now - req.preempted_at + recompute_ms / 1000.0
+                req.preempted_at = None
+        for req in result.finished:
+            req.finish_time = end
+            self._num_finished += 1
+            if end > self.end_time:
+                self.end_time = end
+
+    # ---- dispatch -------------------------------------------------------------------
+    def _view(self, now: float) -> ClusterView:
+        """Reports no older than the report interval, plus dispatches since each one."""
+        interval = self.config.report_interval_s
+        loads = []
+        for iid, inst in self.instances.items():
+            report = self._reports.get(iid)
+            if report is None or now - report.timestamp >= interval:
+                report = inst.load(
+                    now,
+                    num_migrating_out=self.migrations.num_out.get(iid, 0),
+                    num_migrating_in=self.migrations.num_in.get(iid, 0),
+                )
+                self._reports[iid] = report
+                self._pending.pop(iid, None)
+            loads.append(report)
+        pending = {iid: tuple(p) for iid, p in self._pending.items() if p}
+        return ClusterView(
+            tuple(loads),
+            now=now,
+            pending=pending,
+            num_dispatched=self._num_dispatched,
+            num_starting={"default": self._num_starting} if self._num_starting else {},
+            last_scale_time=self._last_scale,
+        )
+
+    def _on_arrival(self, now: float, req: SimRequest) -> None:
+        self._dispatch(now, [req])
+
+    def _dispatch(self, now: float, reqs: list[SimRequest]) -> None:
+        if not self.instances:
+            self._waiting.extend(reqs)
+            return
+        by_id = {r.request_id: r for r in reqs}
+        bs = self.profile.block_size_tokens
+        new = [
+            NewRequest(
+                r.request_id, -(-r.context_tokens // bs), Priority(r.priority), r.arrival_time
+            )
+            for r in reqs
+        ]
+        decisions = self.policy.dispatch(self._view(now), new)
+        for decision in decisions:
+            self._apply_dispatch(now, decision, by_id.pop(decision.request_id))
+        self._waiting.extend(by_id.values())
+
+    def _apply_dispatch(self, now: float, decision: Dispatch, req: SimRequest) -> None:
+        inst = self.instances[decision.instance_id]
+        inst.add(req)
+        iid = inst.instance_id
+        self._num_dispatched[iid] = self._num_dispatched.get(iid, 0) + 1
+        bs = self.profile.block_size_tokens
+        pending = PendingDispatch(
+            req.request_id, -(-req.context_tokens // bs), Priority(req.priority)
+        )
+        self._pending.setdefault(iid, []).append(pending)
+        self._kick(inst, now)
+
+    # ---- policy loop --------------------------------------------------------------------
+    def _on_tick(self, now: float, _: Any) -> None:
+        view = self._view(now)
+        self._sample_fragmentation(view)
+        for decision in self.policy.tick(view):
+            if isinstance(decision, Migrate):
+                self._start_migrations(now, decision)
+            elif isinstance(decision, ScaleUp):
+                self._scale_up(now, decision.num_instances)
+            elif isinstance(decision, ScaleDown):
+                self._scale_down(now, decision.instance_id)
+        if self._num_finished < len(self.requests):
+            self._push(now + self.config.tick_interval_s, TICK, None)
+
+    def _sample_fragmentation(self, view: ClusterView) -> None:
+        total = sum(i.num_total_blocks for i in view.instances)
+        free = sum(max(0, i.num_free_blocks) for i in view.instances)
+        stuck = 0
+        for inst in view.instances:
+            if inst.queued and inst.queued[0].num_blocks > inst.num_free_blocks:
+                if inst.queued[0].num_blocks <= free:
+                    stuck += max(0, inst.num_free_blocks)
+        self._frag_sum += stuck / total if total else 0.0
+        self._frag_samples += 1
+
+    def _start_migrations(self, now: float, decision: Migrate) -> None:
+        src = self.instances.get(decision.src)
+        dst = self.instances.get(decision.dst)
+        if src is None or dst is None:
+            return
+        load = src.load(now)
+        extra = self.migrations.num_out.get(src.instance_id, 0)
+        wanted = decision.request_ids or tuple(
+            select_candidates(load, decision.num_requests + extra)
+        )
+        by_id = {r.request_id: r for r in src.running()}
+        started = 0
+        for rid in wanted:
+            req = by_id.get(rid)
+            if started >= decision.num_requests or req is None:
+                continue
+            if rid in self.migrations.in_flight:
+                continue
+            delay = self.migrations.start(src, dst, req, decision.reason)
+            if delay is None:
+                return
+            self._push(now + delay, MIGRATION, self.migrations.in_flight[rid])
+            started += 1
+
+    def _on_migration(self, now: float, mig: Migration) -> None:
+        if mig.is_stopped:
+            self.migrations.commit(mig, now)
+            delay = None
+        else:
+            delay = self.migrations.stage_done(mig, now)
+        if delay is not None:
+            self._push(now + delay, MIGRATION, mig)
+            return
+        # Blocks were freed or a request resumed on either side: let both run.
+        for inst in (mig.src, mig.dst):
+            self._kick(inst, now)
+            self._maybe_retire(inst, now)
+
+    # ---- scaling ----------------------------------------------------------------------
+    def _scale_up(self, now: float, count: int) -> None:
+        for _ in range(count):
+            self._num_starting += 1
+            self._set_alive(now, 1)
+            self._push(now + self.config.startup_delay_s, READY, None)
+        self._last_scale["default"] = now
+
+    def _on_ready(self, now: float, _: Any) -> None:
+        self._num_starting -= 1
+        self._new_instance(now)
+        waiting, self._waiting = self._waiting, []
+        if waiting:
+            self._dispatch(now, waiting)
+
+    def _scale_down(self, now: float, instance_id: str) -> None:
+        inst = self.instances.get(instance_id)
+        if inst is None or inst.is_draining:
+            return
+        inst.is_draining = True
+        self._last_scale["default"] = now
+        self._reports.pop(instance_id, None)
+        requeue = inst.take_queued()
+        if requeue:
+            self._dispatch(now, requeue)
+        self._maybe_retire(inst, now)
+
+    def _maybe_retire(self, inst: SimInstance, now: float) -> None:
+        """Stop a draining instance once it holds nothing."""
+        if not inst.is_draining or not inst.is_idle or inst.num_staged_blocks:
+            return
+        if self.migrations.is_busy(inst) or inst.instance_id in self._busy:
+            return
+        del self.instances[inst.instance_id]
+        self._reports.pop(inst.instance_id, None)
+        self._pending.pop(inst.instance_id, None)
+        self._set_alive(now, -1)
+
+    # ---- results -----------------------------------------------------------------------
+    def _results(self) -> dict[str, Any]:
+        duration = self.end_time if self.end_time > 0 else 1.0
+        return {
+            "avg_instances": self._alive_area / duration,
+            "fragmentation": self._frag_sum / self._frag_samples if self._frag_samples else 0.0,
+            "migrations": self.migrations.stats.num_committed,
+            "migration_aborts": self.migrations.stats.num_aborted,
+            "mean_downtime_s": (
+                self.migrations.stats.total_downtime_s / self.migrations.stats.num_committed
+                if self.migrations.stats.num_committed
+                else 0.0
+            ),
+            "preemptions": sum(r.num_preemptions for r in self.requests),
+            "makespan_s": self.end_time,
+            "unfinished": len(self.requests) - self._num_finished,
+        }

@@ -1,0 +1,96 @@
+"""Engine profiles: per-step latency and KV capacity of one simulated instance.
+
+A profile is a flat mapping (TOML table or JSON object) with these keys; any key left out
+keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency facts"):
+
+    name                   "llama-7b-a10"  label shown in outputs
+    decode_base_ms         33.0     decode step = base + per_seq * B + per_token * S
+    decode_per_seq_ms      0.27       (B = sequences decoding, S = resident KV tokens)
+    decode_per_token_ms    0.0012
+    prefill_per_token_ms   0.211    prefill of n tokens = per_token * n + quadratic * n^2
+    prefill_quadratic_ms   4e-6       (summed over the prompts prefilled in a step)
+    num_total_blocks       850      KV capacity M in blocks (850 * 16 = 13,600 tokens)
+    block_size_tokens      16
+    kv_bytes_per_token     524288   KV bytes per token (7B fp16: 512 KiB), for migration
+    max_num_batched_tokens 8192     token budget per step (decode tokens + prefill tokens)
+    max_num_seqs           256      running sequences per instance
+    watermark_blocks       8        free blocks a new admission must leave (vLLM: 1% of M)
+    max_model_len          12288    longest prompt + output accepted
+
+A step that decodes B sequences and prefills prompts n_1..n_k lasts
+decode(B, S) + Σ prefill(n_i) (decode term only when B > 0). A measured engine drops in
+by fitting these coefficients (e.g. from `llumctl profile`) and setting its capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class ProfileError(ValueError):
+    """A profile mapping with an unknown key or a bad value."""
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """One engine on one GPU: step latency model and memory facts."""
+
+    name: str = "llama-7b-a10"
+    decode_base_ms: float = 33.0
+    decode_per_seq_ms: float = 0.27
+    decode_per_token_ms: float = 0.0012
+    prefill_per_token_ms: float = 0.211
+    prefill_quadratic_ms: float = 4e-6
+    num_total_blocks: int = 850
+    block_size_tokens: int = 16
+    kv_bytes_per_token: int = 512 * 1024
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    watermark_blocks: int = 8
+    max_model_len: int = 12288
+
+    def decode_ms(self, num_seqs: int, num_resident_tokens: int) -> float:
+        """Duration of the decode part of a step."""
+        if num_seqs <= 0:
+            return 0.0
+        return (
+            self.decode_base_ms
+            + self.decode_per_seq_ms * num_seqs
+            + self.decode_per_token_ms * num_resident_tokens
+        )
+
+    def prefill_ms(self, num_tokens: int) -> float:
+        """Duration of prefilling one prompt of `num_tokens` tokens."""
+        return self.prefill_per_token_ms * num_tokens + self.prefill_quadratic_ms * num_tokens**2
+
+    @property
+    def block_bytes(self) -> int:
+        return self.kv_bytes_per_token * self.block_size_tokens
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyProfile:
+        """Build from a mapping; unknown keys or non-positive numbers raise ProfileError."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise ProfileError(f"unknown profile key {key!r}")
+            default = getattr(cls(), key)
+            values[key] = _coerce_profile_value(key, value, type(default))
+        return cls(**values)
+
+
+def _coerce_profile_value(key: str, value: Any, kind: type) -> Any:
+    if kind is str:
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProfileError(f"profile key {key!r} must be a number, got {value!r}")
+    if value < 0 or (kind is int and value == 0 and key != "watermark_blocks"):
+        raise ProfileError(f"profile key {key!r} must be positive, got {value!r}")
+    if kind is int:
+        if int(value) != value:
+            raise ProfileError(f"profile key {key!r} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
