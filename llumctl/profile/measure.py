@@ -1,0 +1,185 @@
+"""Drive one engine through its OpenAI API and collect the points a profile is fitted to.
+
+Prefill: one request at a time, prompt of n tokens, one output token: its TTFT is the
+prefill time of n tokens (plus fixed per-request costs, which the fit absorbs). Decode: B
+requests of L prompt tokens sent together; their time per output token is the decode step
+at batch B with about B*(L + out/2) resident tokens. Each measurement uses fresh prompt
+ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llumctl.bench.loadgen import LoadGenerator
+from llumctl.bench.records import BenchRequest
+from llumctl.errors import ConnectionFailed, InputError
+from llumctl.profile.fit import fit_decode, fit_prefill
+from llumctl.profile.transfer import loopback_transfer_gbps
+
+Say = Callable[[str], None] | None
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    url: str
+    model: str = ""
+    model_dir: Path | None = None
+    name: str = "measured"
+    quick: bool = False
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    # The engine's --dtype when it overrides the checkpoint's (KV bytes per token).
+    dtype: str = ""
+
+    @property
+    def prefill_lengths(self) -> list[int]:
+        return [32, 256, 768] if self.quick else [32, 128, 256, 512, 768, 1024]
+
+    @property
+    def decode_grid(self) -> list[tuple[int, int]]:
+        if self.quick:
+            return [(1, 64), (4, 64), (4, 256)]
+        return [(b, n) for b in (1, 2, 4, 8, 16) for n in (64, 512)]
+
+    @property
+    def repeats(self) -> int:
+        return 2 if self.quick else 3
+
+    @property
+    def decode_tokens(self) -> int:
+        return 16 if self.quick else 48
+
+
+async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dict[str, Any]:
+    """Every measurement and the fitted profile (a dict of LatencyProfile keys)."""
+    gen = LoadGenerator(settings.url, settings.model, timeout_s=300.0)
+    await gen.check()
+    facts = await engine_facts(gen, settings)
+    gen.model = facts["model"]
+    limit = facts["max_model_len"] - settings.decode_tokens - 1
+    lengths = [n for n in settings.prefill_lengths if n <= limit]
+    if len(lengths) < 2:
+        raise InputError(f"max_model_len {facts['max_model_len']} is too small to profile")
+    _say(progress, f"prefill: {len(lengths)} prompt lengths x {settings.repeats}")
+    prefill = [(n, await _prefill_ms(gen, n, settings.repeats, seed=n)) for n in lengths]
+    _say(progress, f"decode: {len(settings.decode_grid)} (batch, prompt) points")
+    decode = [await _decode_point(gen, b, min(n, limit), settings) for b, n in settings.decode_grid]
+    _say(progress, "transfer: loopback TCP")
+    gbps = loopback_transfer_gbps()
+    per_token, quadratic = fit_prefill(prefill)
+    base, per_seq, per_resident = fit_decode(decode)
+    profile = {
+        "name": settings.name,
+        "decode_base_ms": base,
+        "decode_per_seq_ms": per_seq,
+        "decode_per_token_ms": per_resident,
+        "prefill_per_token_ms": per_token,
+        "prefill_quadratic_ms": quadratic,
+        "num_total_blocks": facts["num_blocks"],
+        "block_size_tokens": facts["block_size"],
+        "kv_bytes_per_token": facts["kv_bytes_per_token"],
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
+        "max_num_seqs": settings.max_num_seqs,
+        "watermark_blocks": max(1, facts["num_blocks"] // 100),
+        "max_model_len": facts["max_model_len"],
+    }
+    return {
+        "url": settings.url,
+        "model": facts["model"],
+        "profile": profile,
+        "prefill_points_ms": [list(p) for p in prefill],
+        "decode_points_ms": [list(p) for p in decode],
+        "transfer_gbps": gbps,
+        "facts": facts,
+    }
+
+
+async def _prefill_ms(gen: LoadGenerator, n: int, repeats: int, seed: int) -> float:
+    times = []
+    for rep in range(repeats):
+        gen.seed = seed * 1000 + rep
+        records, _ = await gen.run([BenchRequest(0.0, n, 1)])
+        times.append(_ok(records)[0].ttft_s * 1000)
+    return statistics.median(times)
+
+
+async def _decode_point(
+    gen: LoadGenerator, batch: int, prompt: int, settings: ProfileSettings
+) -> tuple[int, int, float]:
+    gen.seed = 7_000_000 + batch * 10_000 + prompt
+    out = settings.decode_tokens
+    records, _ = await gen.run([BenchRequest(0.0, prompt, out) for _ in range(batch)])
+    tpot_ms = statistics.mean(r.tpot_s for r in _ok(records)) * 1000
+    return batch, batch * (prompt + out // 2), tpot_ms
+
+
+def _ok(records: list[Any]) -> list[Any]:
+    failed = [r.error for r in records if r.error]
+    if failed:
+        raise ConnectionFailed(f"profiling request failed: {failed[0]}")
+    return records
+
+
+def _say(progress: Say, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+async def engine_facts(gen: LoadGenerator, settings: ProfileSettings) -> dict[str, Any]:
+    """Model name, max_model_len, KV blocks and block size (vLLM's metrics), KV bytes/token."""
+    root = re.sub(r"/v1/?$", "", gen.base_url)
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        models = (await client.get(f"{gen.base_url}/models", headers=gen.headers)).json()
+        metrics = (await client.get(f"{root}/metrics")).text
+    served = models.get("data") or []
+    if not served:
+        raise InputError(f"{gen.base_url} serves no models")
+    entry = next((m for m in served if m["id"] == settings.model), served[0])
+    if settings.model and entry["id"] != settings.model:
+        raise InputError(f"{gen.base_url} does not serve {settings.model!r}")
+    blocks, block_size = kv_blocks(metrics)
+    model_dir = settings.model_dir or Path(str(entry.get("root", "")))
+    return {
+        "model": entry["id"],
+        "max_model_len": int(entry.get("max_model_len") or 2048),
+        "num_blocks": blocks,
+        "block_size": block_size,
+        "kv_bytes_per_token": kv_bytes_per_token(model_dir, settings.dtype),
+    }
+
+
+def kv_blocks(metrics_text: str) -> tuple[int, int]:
+    """(num_gpu_blocks, block_size) from vLLM's `vllm:cache_config_info` metric labels."""
+    for line in metrics_text.splitlines():
+        if line.startswith("vllm:cache_config_info{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            try:
+                return int(labels["num_gpu_blocks"]), int(labels["block_size"])
+            except (KeyError, ValueError):
+                break
+    raise InputError("the engine's /metrics has no vllm:cache_config_info (is it vLLM?)")
+
+
+def kv_bytes_per_token(model_dir: Path, dtype: str = "") -> int:
+    """K and V of every layer for one token, from the checkpoint's config.json."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise InputError(f"cannot read {model_dir}/config.json; pass --model-dir") from None
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    width = _DTYPE_BYTES.get(dtype or str(config.get("torch_dtype", "float16")), 2)
+    return 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * width

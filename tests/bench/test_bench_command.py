@@ -1,0 +1,81 @@
+"""`llumctl bench` against a real vLLM OpenAI server (structure and consistency, no timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llumctl.sim.workload import parse_trace
+
+pytestmark = pytest.mark.vllm
+
+
+def llumctl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "llumctl.cli.main", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_json_summary_and_replayable_log(openai_server, tmp_path: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    out = llumctl(
+        "bench", "--url", openai_server.url, "--requests", "6", "--rate", "20",
+        "--input", "S", "--output", "12", "--seed", "3", "--json", "--log", str(log),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    summary = result["summary"]
+    assert result["model"] == "tiny"
+    assert summary["requests"] == 6 and summary["errors"] == 0
+    assert summary["ttft_p50"] <= summary["ttft_p99"] <= summary["e2e_p99"]
+    assert summary["output_tokens_per_s"] > 0
+
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == 6
+    for line in lines:
+        assert line["error"] is None
+        # ignore_eos: the server produced exactly what was asked for.
+        assert line["received_tokens"] == line["output_tokens"] == 12
+        assert 0 < line["ttft_s"] <= line["e2e_s"]
+        assert line["tpot_s"] > 0
+    # The log is a simulator trace: same requests, same order, same lengths.
+    replay = parse_trace(log.read_text().splitlines())
+    assert [r.prompt_tokens for r in replay] == [line["prompt_tokens"] for line in lines]
+    assert [r.arrival_time for r in replay] == sorted(line["arrival_time"] for line in lines)
+
+
+def test_bench_replays_a_trace_and_prints_a_table(openai_server, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    rows = [
+        {"arrival_time": 0.0, "prompt_tokens": 40, "output_tokens": 5},
+        {"arrival_time": 0.1, "prompt_tokens": 70, "output_tokens": 3, "priority": "high"},
+        {"arrival_time": 0.2, "prompt_tokens": 10, "output_tokens": 4},
+    ]
+    trace.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    log = tmp_path / "log.jsonl"
+    out = llumctl("bench", "--url", openai_server.url, "--trace", str(trace), "--log", str(log))
+    assert out.returncode == 0, out.stderr
+    assert "TTFT" in out.stdout and "requests / errors" in out.stdout
+    assert "3 / 0" in out.stdout
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["prompt_tokens"], x["received_tokens"]) for x in logged] == [
+        (40, 5),
+        (70, 3),
+        (10, 4),
+    ]
+    assert [x["priority"] for x in logged] == ["normal", "high", "normal"]
+
+
+def test_bench_counts_rejected_requests_as_errors(openai_server, tmp_path: Path) -> None:
+    # 2,000 prompt tokens exceed the server's max_model_len (1,024): every request fails
+    # with the server's 400, which the summary reports and the exit code flags.
+    trace = tmp_path / "too-long.jsonl"
+    trace.write_text(json.dumps({"arrival_time": 0, "prompt_tokens": 2000, "output_tokens": 4}))
+    out = llumctl("bench", "--url", openai_server.url, "--trace", str(trace), "--json")
+    assert out.returncode == 1
+    result = json.loads(out.stdout)
+    assert result["summary"]["errors"] == 1
+    assert "HTTP 400" in result["errors"][0]
