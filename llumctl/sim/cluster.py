@@ -134,9 +134,12 @@ class Simulation:
             return
         end = now + result.duration_s
         self._record(result, now, end)
-        self._push(end, STEP, inst)
+        self._seq += 1
+        heapq.heappush(self._events, (end, self._seq, STEP, inst))
 
     def _record(self, result: StepResult, now: float, end: float) -> None:
+        if not result.preempted and not result.started and not result.finished:
+            return
         for req in result.preempted:
             req.preempted_at = now
         for req in result.started:

@@ -101,7 +101,7 @@ class SimRequest:
         return self.prompt_tokens + self.num_generated
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepResult:
     """What one engine step did."""
 
@@ -277,6 +277,8 @@ class SimInstance:
     # ---- the step ---------------------------------------------------------------------
     def step(self) -> StepResult | None:
         """Run one engine step; None when there is nothing it can run now."""
+        if not self._num_queued and not self._resume_tokens:
+            return self._decode_only_step()
         if not self._running and not self._num_queued and not self._resume_tokens:
             return None
         preempted = self._allocate_decode_slots()
@@ -303,13 +305,39 @@ class SimInstance:
             self._join(req, req.context_tokens - 1, req.num_generated)
         finished = self._collect_finished()
         return StepResult(
-            duration_s=(decode_ms + prefill_ms) / 1000.0,
-            started=tuple(started),
-            finished=finished,
-            preempted=preempted,
-            decoded=decoded,
-            num_prefill_tokens=prefill_tokens,
+            (decode_ms + prefill_ms) / 1000.0,
+            tuple(started),
+            finished,
+            preempted,
+            decoded,
+            prefill_tokens,
         )
+
+    def _decode_only_step(self) -> StepResult | None:
+        """The common case, kept cheap: nothing queued, every running request decodes."""
+        running = self._running
+        if not running:
+            return None
+        needed = self._residue[(-self._step) % self._bs]
+        profile = self.profile
+        free = profile.num_total_blocks - self.num_used_blocks - self.num_staged_blocks
+        preempted: tuple[SimRequest, ...] = ()
+        if needed > free:
+            preempted = self._allocate_decode_slots()
+        else:
+            self.num_used_blocks += needed
+        num_decode = len(running)
+        decode_ms = (
+            profile.decode_base_ms
+            + profile.decode_per_seq_ms * num_decode
+            + profile.decode_per_token_ms * self._resident_tokens
+        )
+        self._step += 1
+        self._resident_tokens += num_decode
+        decoded = tuple(running)
+        heap = self._finish_heap
+        finished = self._collect_finished() if heap and heap[0][0] <= self._step else ()
+        return StepResult(decode_ms / 1000.0, (), finished, preempted, decoded, 0)
 
     def _allocate_decode_slots(self) -> tuple[SimRequest, ...]:
         """Give every running request room for its next token, preempting when short."""
