@@ -1,0 +1,158 @@
+"""Property-based tests pinning the policy formulas (freeness, dispatch, migration)."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llumctl.policy import (
+    ClusterView,
+    InstanceLoad,
+    Migrate,
+    NewRequest,
+    PendingDispatch,
+    Priority,
+    RequestLoad,
+    freeness,
+    get_policy,
+)
+
+requests = st.lists(
+    st.builds(
+        RequestLoad,
+        request_id=st.uuids().map(str),
+        num_blocks=st.integers(1, 200),
+        priority=st.sampled_from(list(Priority)),
+        admitted_seq=st.integers(0, 1000),
+    ),
+    max_size=12,
+)
+
+
+@st.composite
+def instances(draw: st.DrawFn, iid: str = "i0") -> InstanceLoad:
+    running = tuple(draw(requests))
+    queued = tuple(
+        RequestLoad(r.request_id + "q", r.num_blocks, r.priority, is_decoding=False)
+        for r in draw(requests)
+    )
+    used = sum(r.num_blocks for r in running)
+    total = draw(st.integers(max(1, used // 2), used + 2000))
+    return InstanceLoad(iid, total, used, running=running, queued=queued)
+
+
+@settings(max_examples=200)
+@given(instances(), st.integers(1, 300), st.sampled_from(list(Priority)), st.booleans())
+def test_adding_a_running_request_never_raises_freeness(
+    inst: InstanceLoad, blocks: int, priority: Priority, uses_priority: bool
+) -> None:
+    extra = RequestLoad("new", blocks, priority)
+    bigger = InstanceLoad(
+        inst.instance_id,
+        inst.num_total_blocks,
+        inst.num_used_blocks + blocks,
+        running=inst.running + (extra,),
+        queued=inst.queued,
+    )
+    before = freeness(inst, uses_priority=uses_priority)
+    after = freeness(bigger, uses_priority=uses_priority)
+    assert after <= before
+
+
+@settings(max_examples=200)
+@given(instances(), st.integers(1, 300))
+def test_a_pending_dispatch_never_raises_freeness(inst: InstanceLoad, blocks: int) -> None:
+    assert freeness(inst, (PendingDispatch("p", blocks),)) <= freeness(inst)
+
+
+@settings(max_examples=200)
+@given(instances(), requests)
+def test_head_of_line_rule_only_the_first_queued_request_counts(
+    inst: InstanceLoad, more: list[RequestLoad]
+) -> None:
+    if not inst.queued:
+        return
+    longer = InstanceLoad(
+        inst.instance_id,
+        inst.num_total_blocks,
+        inst.num_used_blocks,
+        running=inst.running,
+        queued=inst.queued + tuple(more),
+    )
+    assert freeness(longer) == freeness(inst)
+    head = inst.queued[0]
+    grown = RequestLoad(head.request_id, head.num_blocks + 50, head.priority, is_decoding=False)
+    changed = InstanceLoad(
+        inst.instance_id,
+        inst.num_total_blocks,
+        inst.num_used_blocks,
+        running=inst.running,
+        queued=(grown,) + inst.queued[1:],
+    )
+    assert freeness(changed) < freeness(inst)
+
+
+@settings(max_examples=100)
+@given(st.lists(instances(), min_size=2, max_size=6), st.integers(1, 50))
+def test_a_draining_instance_is_never_a_dispatch_target(
+    insts: list[InstanceLoad], blocks: int
+) -> None:
+    insts = [
+        InstanceLoad(f"i{n}", i.num_total_blocks, i.num_used_blocks, i.running, i.queued)
+        for n, i in enumerate(insts)
+    ]
+    drained = InstanceLoad(
+        "drain", 10_000, 0, running=(), queued=(), is_draining=True
+    )  # the emptiest instance of all, but draining
+    view = ClusterView(tuple(insts) + (drained,))
+    new = [NewRequest(f"r{k}", blocks) for k in range(5)]
+    for name in ("llumnix", "llumnix-base", "infaas++", "round-robin"):
+        targets = {d.instance_id for d in get_policy(name).dispatch(view, new)}
+        assert "drain" not in targets
+    assert freeness(drained) == -math.inf
+
+
+@settings(max_examples=100)
+@given(requests.filter(lambda rs: len(rs) > 0))
+def test_a_draining_instance_is_always_a_migration_source(running: list[RequestLoad]) -> None:
+    used = sum(r.num_blocks for r in running)
+    drained = InstanceLoad("a", used + 10, used, running=tuple(running), is_draining=True)
+    empty = InstanceLoad("b", 5000, 0)
+    decisions = get_policy("llumnix").tick(ClusterView((drained, empty)))
+    assert Migrate("a", "b", reason="drain") in decisions
+
+
+def test_a_burst_spreads_over_identical_instances() -> None:
+    view = ClusterView(tuple(InstanceLoad(f"i{n}", 800, 0) for n in range(8)))
+    burst = [NewRequest(f"r{k}", 40, arrival_time=k) for k in range(8)]
+    for name in ("llumnix", "infaas++", "round-robin"):
+        targets = [d.instance_id for d in get_policy(name).dispatch(view, burst)]
+        assert sorted(targets) == [f"i{n}" for n in range(8)], name
+
+
+def test_high_priority_dispatched_first() -> None:
+    view = ClusterView((InstanceLoad("busy", 800, 700), InstanceLoad("free", 800, 0)))
+    reqs = [NewRequest("normal", 10, arrival_time=0.0), NewRequest("high", 10, Priority.HIGH, 1.0)]
+    decisions = get_policy("llumnix").dispatch(view, reqs)
+    assert decisions[0].request_id == "high" and decisions[0].instance_id == "free"
+
+
+def test_several_pairs_per_tick_lowest_with_highest() -> None:
+    def loaded(iid: str, used: int, queued: int) -> InstanceLoad:
+        running = tuple(RequestLoad(f"{iid}-{k}", used // 4, admitted_seq=k) for k in range(4))
+        head = (RequestLoad(f"{iid}-q", queued, is_decoding=False),)
+        return InstanceLoad(iid, 800, used, running=running, queued=head)
+
+    view = ClusterView(
+        (
+            loaded("hot1", 780, 300),
+            loaded("hot2", 760, 100),
+            InstanceLoad("cold1", 800, 0),
+            InstanceLoad("cold2", 800, 100),
+        )
+    )
+    migrations = [d for d in get_policy("llumnix").tick(view) if isinstance(d, Migrate)]
+    assert [(m.src, m.dst) for m in migrations] == [("hot1", "cold1"), ("hot2", "cold2")]
+    assert get_policy("infaas++").tick(view) == []
