@@ -1,0 +1,128 @@
+"""The simulated instance: paged blocks, continuous batching, vLLM-like preemption."""
+
+from __future__ import annotations
+
+from llumctl.sim import LatencyProfile, SimInstance, SimRequest
+from llumctl.sim.instance import FINISHED, QUEUED, RUNNING
+
+SMALL = LatencyProfile(num_total_blocks=20, watermark_blocks=0, max_num_batched_tokens=64)
+
+
+def run_until_idle(inst: SimInstance, max_steps: int = 10_000) -> list[SimRequest]:
+    finished: list[SimRequest] = []
+    for _ in range(max_steps):
+        result = inst.step()
+        if result is None:
+            break
+        finished.extend(result.finished)
+        held = sum(inst.blocks_of(r) for r in inst.running())
+        assert inst.num_used_blocks == held  # block accounting never drifts
+    return finished
+
+
+def test_request_runs_to_completion_and_frees_its_blocks() -> None:
+    inst = SimInstance("i", SMALL)
+    req = SimRequest("r", prompt_tokens=20, output_tokens=5)
+    inst.add(req)
+    first = inst.step()
+    assert first is not None and first.started == (req,)
+    assert inst.generated(req) == 1 and inst.blocks_of(req) == 2
+    finished = run_until_idle(inst)
+    assert finished == [req] and req.state == FINISHED
+    assert inst.num_used_blocks == 0 and inst.step() is None
+
+
+def test_step_duration_follows_the_profile() -> None:
+    inst = SimInstance("i", LatencyProfile())
+    inst.add(SimRequest("r", prompt_tokens=1000, output_tokens=10))
+    prefill = inst.step()
+    assert prefill is not None
+    assert abs(prefill.duration_s - LatencyProfile().prefill_ms(1000) / 1000) < 1e-12
+    decode = inst.step()
+    assert decode is not None
+    assert abs(decode.duration_s - LatencyProfile().decode_ms(1, 1000) / 1000) < 1e-12
+
+
+def test_a_new_block_is_allocated_every_block_size_tokens() -> None:
+    inst = SimInstance("i", SMALL)
+    req = SimRequest("r", prompt_tokens=16, output_tokens=40)
+    inst.add(req)
+    inst.step()
+    assert inst.num_used_blocks == 1
+    inst.step()  # stores token 17 -> second block
+    assert inst.num_used_blocks == 2
+    for _ in range(15):
+        inst.step()
+    assert inst.num_used_blocks == 2
+    inst.step()
+    assert inst.num_used_blocks == 3
+
+
+def test_newest_request_is_preempted_and_recomputed_when_blocks_run_out() -> None:
+    inst = SimInstance("i", SMALL)
+    old = SimRequest("old", prompt_tokens=100, output_tokens=150)
+    new = SimRequest("new", prompt_tokens=100, output_tokens=150)
+    inst.add(old)
+    inst.step()
+    inst.add(new)
+    inst.step()
+    assert old.state == RUNNING and new.state == RUNNING
+    preempted = []
+    for _ in range(60):
+        result = inst.step()
+        assert result is not None
+        preempted.extend(result.preempted)
+        if preempted:
+            break
+    assert preempted == [new] and new.state == QUEUED and new.num_preemptions == 1
+    assert inst.queued() == [new] and inst.load(0.0).num_preempted == 1
+    # Once the old one is done the preempted one is recomputed with its output so far.
+    done = run_until_idle(inst)
+    assert [r.request_id for r in done] == ["old", "new"]
+
+
+def test_head_of_line_blocks_the_queue_fcfs() -> None:
+    inst = SimInstance("i", SMALL)
+    inst.add(SimRequest("big", prompt_tokens=300, output_tokens=50))
+    inst.step()
+    inst.add(SimRequest("huge", prompt_tokens=200, output_tokens=5))  # does not fit yet
+    inst.add(SimRequest("tiny", prompt_tokens=5, output_tokens=5))  # would fit
+    result = inst.step()
+    assert result is not None and result.started == ()
+    assert [r.request_id for r in inst.queued()] == ["huge", "tiny"]
+    load = inst.load(1.0)
+    assert load.queued[0].num_blocks == 13 and len(load.queued) == 2
+
+
+def test_token_budget_limits_prefill_per_step() -> None:
+    inst = SimInstance("i", SMALL)
+    for k in range(3):
+        inst.add(SimRequest(f"r{k}", prompt_tokens=30, output_tokens=3))
+    first = inst.step()
+    assert first is not None and len(first.started) == 2  # 60 of 64 tokens
+    second = inst.step()
+    assert second is not None and len(second.started) == 1
+
+
+def test_high_priority_is_admitted_first_and_preempted_last() -> None:
+    inst = SimInstance("i", SMALL)
+    inst.add(SimRequest("normal", prompt_tokens=10, output_tokens=5))
+    inst.add(SimRequest("high", prompt_tokens=10, output_tokens=5, priority=1))
+    assert [r.request_id for r in inst.queued()] == ["high", "normal"]
+
+
+def test_migration_primitives_move_a_request_between_instances() -> None:
+    src, dst = SimInstance("a", SMALL), SimInstance("b", SMALL)
+    req = SimRequest("r", prompt_tokens=40, output_tokens=30)
+    src.add(req)
+    src.step()
+    src.step()
+    assert dst.reserve(3)
+    held = src.stop(req)
+    assert held == 3 and src.num_free_blocks == 17 and src.num_running == 0
+    src.release(held)
+    dst.resume(req, 3)
+    assert src.num_free_blocks == 20 and dst.num_used_blocks == 3
+    assert dst.generated(req) == 2
+    assert run_until_idle(dst) == [req] and dst.num_free_blocks == 20
+    assert not SimInstance("c", SMALL).reserve(21)
