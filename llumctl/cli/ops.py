@@ -45,8 +45,13 @@ def migrate(
         else:
             assert src is not None
             data = controller.migrate_some(src, to, count)
-    _echo_results(data)
     results = data.get("results", []) if isinstance(data, dict) else []
+    if isinstance(data, dict) and isinstance(results, list) and not results:
+        typer.echo(
+            f"nothing migrated: no eligible running request on {data.get('src', src)}", err=True
+        )
+        raise typer.Exit(1)
+    _echo_results(data)
     if results and all(r.get("status") != "committed" for r in results):
         raise typer.Exit(1)
 

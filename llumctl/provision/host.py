@@ -204,13 +204,15 @@ def _instances(
     )
     desired = desired_instances(ctx.cluster, host, model_path)
     with AgentClient(outcome.agent_url, ctx.secret, timeout_s=60) as agent:
-        created = ensure_instances(runner, outcome.workdir, agent, desired, ctx.drain)
+        created, removed = ensure_instances(runner, outcome.workdir, agent, desired, ctx.drain)
     outcome.instances = list(desired)
+    if removed:
+        ctx.progress(host.name, f"drained and removed instances: {', '.join(removed)}")
     if created:
         ctx.progress(host.name, f"starting instances: {', '.join(created)}")
-        if outcome.status == "unchanged":
-            outcome.status = "updated"
-    else:
+    if (created or removed) and outcome.status == "unchanged":
+        outcome.status = "updated"
+    if not created and not removed:
         ctx.progress(host.name, "instances unchanged")
 
 

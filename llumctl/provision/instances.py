@@ -65,8 +65,8 @@ def ensure_instances(
     agent: AgentClient,
     desired: dict[str, dict[str, Any]],
     drain: Drain,
-) -> list[str]:
-    """Make the agent run exactly `desired`; returns the ids created or restarted."""
+) -> tuple[list[str], list[str]]:
+    """Make the agent run exactly `desired`; returns (ids created or recreated, ids removed)."""
     state_file = f"{workdir}/instances.json"
     res = runner.run(f"cat {quote(state_file)} 2>/dev/null", 30)
     try:
@@ -89,4 +89,4 @@ def ensure_instances(
             raise ProvisionError(f"instance {iid}: {exc}") from None
         created.append(iid)
     runner.put_bytes(json.dumps(desired, indent=2, sort_keys=True).encode(), state_file, 0o600)
-    return created
+    return created, [i for i in stale if i not in desired]

@@ -100,11 +100,17 @@ def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:
         assert grown.returncode == 0, grown.stdout + grown.stderr
         assert "starting instances: sim-4" in grown.stdout
         assert len(json.loads(run(home, "status", "--json").stdout)["instances"]) == 5
+        cluster.write_text(text)  # back to 4: sim-4 is drained and removed, the rest kept
+        shrunk = run(home, "up", str(cluster))
+        assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
+        assert "drained and removed instances: sim-4" in shrunk.stdout
+        assert "starting instances" not in shrunk.stdout
+        assert wait_instances(home, 4) == 4
         migrate_some(home, client)
         scaled = run(home, "scale", "6")
         assert scaled.returncode == 0, scaled.stderr
         assert re.search(r"started: \S+", scaled.stdout), scaled.stdout
-        assert len(json.loads(run(home, "status", "--json").stdout)["instances"]) == 6
+        assert wait_instances(home, 6) == 6
         drained = run(home, "drain", "sim-0")
         assert drained.returncode == 0 and "sim-0: draining" in drained.stdout
         states = {
@@ -121,29 +127,63 @@ def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:
             down_and_check(home)
 
 
+def wait_instances(home: Path, expected: int, timeout_s: float = 30) -> int:
+    """Number of instances the controller lists, once it is `expected` (or at the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        num = len(json.loads(run(home, "status", "--json").stdout)["instances"])
+        if num == expected or time.monotonic() > deadline:
+            return num
+        time.sleep(0.5)
+
+
 def migrate_some(home: Path, client: OpenAI) -> None:
     """`migrate --from A --count 1` (destination: the freest) moves one of A's requests."""
     texts: list[str] = []
+    stop = threading.Event()
 
     def stream() -> None:
-        out = client.completions.create(model="sim-7b", prompt="go", max_tokens=200, stream=True)
-        texts.append("".join(c.choices[0].text for c in out if c.choices))
+        # Long enough to outlive slow CLI calls on a busy machine; hung up once done with.
+        out = client.completions.create(model="sim-7b", prompt="go", max_tokens=3000, stream=True)
+        text = ""
+        for chunk in out:
+            text += chunk.choices[0].text if chunk.choices else ""
+            if stop.is_set():
+                out.close()
+                break
+        texts.append(text)
 
     workers = [threading.Thread(target=stream) for _ in range(3)]
     for w in workers:
         w.start()
     busy: list[str] = []
+    status: dict = {}
     for _ in range(100):
-        rows = json.loads(run(home, "status", "--json").stdout)["instances"]
-        busy = [i["id"] for i in rows if i["running"] > 0]
+        status = json.loads(run(home, "status", "--json").stdout)
+        busy = [
+            r["instance"] for r in status["requests"] if r["state"] == "running" and r["tokens"] > 0
+        ]
         if busy:
             break
         time.sleep(0.1)
     assert busy, "no request started running"
-    moved = run(home, "migrate", "--from", busy[0], "--count", "1")
+    # Between the status read and the call the request may still be in prefill (not yet a
+    # candidate): the command then says "nothing migrated" and exits 1; try again.
+    for _ in range(5):
+        moved = run(home, "migrate", "--from", busy[0], "--count", "1")
+        if moved.returncode == 0:
+            break
+        assert "nothing migrated: no eligible running request" in moved.stderr, moved.stderr
+        status = json.loads(run(home, "status", "--json").stdout)
+        time.sleep(0.2)
+    stop.set()
     for w in workers:
         w.join(120)
-    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert moved.returncode == 0, (
+        moved.stdout + moved.stderr,
+        status["requests"],
+        status["instances"],
+    )
     assert re.search(rf"{busy[0]} -> sim-\d committed \(downtime [0-9.]+ ms", moved.stdout), (
         moved.stdout
     )

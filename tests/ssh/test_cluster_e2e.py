@@ -28,7 +28,8 @@ pytestmark = pytest.mark.ssh
 
 SIM_MODEL = "sim-tiny"
 PROMPT = "The quick brown fox"
-MAX_TOKENS = 300
+# ~33 ms a token on the sim engine: long enough to outlast slow CLI calls on a busy box.
+MAX_TOKENS = 1000
 
 
 @dataclass
