@@ -30,18 +30,20 @@ COMPARED = ("ttft_mean", "ttft_p99", "tpot_mean", "tpot_p99")
 
 @dataclass(frozen=True)
 class FidelityConfig:
-    requests: int = 60
+    requests: int = 50
     rate: float = 1.0
     input: str = "M"
     output: str = "S"
     seed: int = 5
     max_model_len: int = 1024
+    max_prompt: int = 512
+    max_output: int = 64
 
     def workload(self) -> list[BenchRequest]:
         spec = WorkloadSpec(self.requests, self.rate, "poisson", 1.0, self.input, self.output)
         spec = replace(spec, seed=self.seed)
         limit = self.max_model_len
-        return fit_lengths(generated(spec), max_prompt=limit // 2, max_total=limit - 1)
+        return fit_lengths(generated(spec), self.max_prompt, limit - 1, self.max_output)
 
 
 def profile_engine(

@@ -21,11 +21,11 @@ from llumctl.bench.stats import summarize
 
 @dataclass(frozen=True)
 class OverheadConfig:
-    low_requests: int = 20
+    low_requests: int = 16
     low_spacing_s: float = 0.6
     prompt_tokens: int = 64
     output_tokens: int = 32
-    burst_per_instance: int = 24
+    burst_per_instance: int = 16
 
 
 def low_load(cfg: OverheadConfig) -> list[BenchRequest]:
@@ -79,7 +79,7 @@ def verdict(ours: dict[str, Any], router: dict[str, Any]) -> dict[str, Any]:
 
     An added latency at or below zero (within noise) counts as met: the ratio of two
     numbers near zero says nothing."""
-    checks = {}
+    checks: dict[str, bool | None] = {}
     for phase in ("low", "saturated"):
         for key in ("added_ttft_s", "added_tpot_s"):
             a, b = ours[phase][key], router[phase][key]

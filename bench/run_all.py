@@ -34,16 +34,18 @@ def configs(quick: bool) -> tuple[Any, Any, Any]:
     ovh = overhead.OverheadConfig()
     fid = fidelity.FidelityConfig()
     if quick:
-        sbs = replace(sbs, requests=12, rate=2.0)
-        ovh = replace(ovh, low_requests=4, burst_per_instance=3)
-        fid = replace(fid, requests=8)
+        sbs = replace(sbs, requests=10, rate=2.0, max_output=8)
+        ovh = replace(ovh, low_requests=3, burst_per_instance=2, output_tokens=8)
+        fid = replace(fid, requests=6, max_output=8)
     return sbs, ovh, fid
 
 
 def phase_llumctl(sbs: Any, ovh: Any, fid: Any, work: Path) -> dict[str, Any]:
     def extra(cluster: Any) -> dict[str, Any]:
         cluster.set_policy("llumnix")
-        out = {"overhead": overhead.measure(cluster.url, ovh, sbs.instances, seed=21)}
+        out: dict[str, Any] = {
+            "overhead": overhead.measure(cluster.url, ovh, sbs.instances, seed=21)
+        }
         print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
         records = fidelity.real_run(cluster.url, fid)
         out["fidelity_real"] = fidelity.measured(records)
@@ -53,7 +55,7 @@ def phase_llumctl(sbs: Any, ovh: Any, fid: Any, work: Path) -> dict[str, Any]:
     return side_by_side.run_llumctl(sbs, work, extra=extra)
 
 
-def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path, quick: bool) -> dict:
+def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path, quick: bool) -> dict[str, Any]:
     from bench.common import engines
 
     def extra(servers: list[Any]) -> dict[str, Any]:

@@ -32,11 +32,14 @@ LLUMCTL_POLICIES = ("llumnix", "infaas++")
 @dataclass(frozen=True)
 class SideBySideConfig:
     instances: int = 3
-    requests: int = 150
-    rate: float = 3.0
+    requests: int = 100
+    rate: float = 2.0
     cv: float = 3.0
     input: str = "M"
-    output: str = "M"
+    output: str = "S"
+    # Caps: prompts make the KV pressure; outputs are capped to bound the run's duration.
+    max_prompt: int = 512
+    max_output: int = 64
     seed: int = 1
     shape: engines.EngineShape = engines.EngineShape()
 
@@ -45,13 +48,13 @@ class SideBySideConfig:
             self.requests, self.rate, "gamma", self.cv, self.input, self.output, 0.0, self.seed
         )
         limit = self.shape.max_model_len
-        return fit_lengths(generated(spec), max_prompt=limit // 2, max_total=limit - 1)
+        return fit_lengths(generated(spec), self.max_prompt, limit - 1, self.max_output)
 
 
 def run_load(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any]:
     gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=900.0, seed=seed)
     records, duration = asyncio.run(gen.run(workload))
-    summary = summarize(records, duration)
+    summary: dict[str, Any] = dict(summarize(records, duration))
     summary["load_avg"] = load_now()
     summary["first_errors"] = [r.error for r in records if r.error][:3]
     return summary
@@ -92,7 +95,9 @@ def run_llumctl(cfg: SideBySideConfig, work: Path, extra: Any = None) -> dict[st
     return results
 
 
-def run_router(cfg: SideBySideConfig, model_dir: Path, work: Path, extra: Any = None) -> dict:
+def run_router(
+    cfg: SideBySideConfig, model_dir: Path, work: Path, extra: Any = None
+) -> dict[str, Any]:
     """Each vllm-router policy over the same plain vLLM servers."""
     servers = engines.start_vllm_servers(model_dir, cfg.instances, cfg.shape, work / "logs")
     results: dict[str, Any] = {}

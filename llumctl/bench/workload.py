@@ -83,14 +83,19 @@ def _time(value: float) -> float | None:
 
 
 def fit_lengths(
-    requests: Sequence[BenchRequest], max_prompt: int, max_total: int
+    requests: Sequence[BenchRequest],
+    max_prompt: int,
+    max_total: int,
+    max_output: int | None = None,
 ) -> list[BenchRequest]:
     """Cap lengths so every request fits an engine's max_model_len (the long tail of the
-    paper's distributions reaches 6,144 tokens; small benchmark engines hold less)."""
+    paper's distributions reaches 6,144 tokens; small benchmark engines hold less), and
+    optionally the output, to bound a run's duration on slow engines."""
     out = []
     for r in requests:
         prompt = min(r.num_prompt_tokens, max_prompt)
-        output = max(1, min(r.num_output_tokens, max_total - prompt))
+        output = min(r.num_output_tokens, max_total - prompt, max_output or max_total)
+        output = max(1, output)
         out.append(BenchRequest(r.arrival_s, prompt, output, r.priority))
     return out
 

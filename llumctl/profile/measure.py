@@ -110,7 +110,7 @@ async def _prefill_ms(gen: LoadGenerator, n: int, repeats: int, seed: int) -> fl
         gen.seed = seed * 1000 + rep
         records, _ = await gen.run([BenchRequest(0.0, n, 1)])
         times.append(_ok(records)[0].ttft_s * 1000)
-    return statistics.median(times)
+    return float(statistics.median(times))
 
 
 async def _decode_point(

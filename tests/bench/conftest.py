@@ -17,10 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-NUM_BLOCKS = 64
-BLOCK_SIZE = 32
-MAX_MODEL_LEN = 1024
+from bench_server import BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS
 
 
 def free_port() -> int:

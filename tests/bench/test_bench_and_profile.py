@@ -1,4 +1,5 @@
-"""`llumctl bench` against a real vLLM OpenAI server (structure and consistency, no timing)."""
+"""`llumctl bench` and `llumctl profile` against a real vLLM OpenAI server (structure and
+consistency, never timing)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_server import BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS
 
+from llumctl.sim.profile import LatencyProfile
 from llumctl.sim.workload import parse_trace
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 pytestmark = pytest.mark.vllm
 
@@ -79,3 +87,39 @@ def test_bench_counts_rejected_requests_as_errors(openai_server, tmp_path: Path)
     result = json.loads(out.stdout)
     assert result["summary"]["errors"] == 1
     assert "HTTP 400" in result["errors"][0]
+
+
+def test_profile_writes_a_simulator_profile(openai_server, tmp_path: Path) -> None:
+    out_file = tmp_path / "measured.toml"
+    out = llumctl(
+        "profile", "--url", openai_server.url, "--out", str(out_file), "--quick",
+        "--name", "tiny-cpu", "--dtype", "float32", "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    # The file is in the simulator's format: LatencyProfile reads it unchanged.
+    data = tomllib.loads(out_file.read_text())
+    profile = LatencyProfile.from_dict(data)
+    assert profile.name == "tiny-cpu"
+    # Capacity facts come from the engine itself (the server's flags in conftest).
+    assert profile.num_total_blocks == NUM_BLOCKS
+    assert profile.block_size_tokens == BLOCK_SIZE
+    assert profile.max_model_len == MAX_MODEL_LEN
+    # tiny: 2 layers x 2 KV heads x head_dim 64, K and V, float32.
+    assert profile.kv_bytes_per_token == 2 * 2 * 2 * 64 * 4
+    # Every point was measured and the fit reproduces a positive step time from them.
+    assert len(result["prefill_points_ms"]) == 3 and len(result["decode_points_ms"]) == 3
+    assert all(ms > 0 for _, ms in result["prefill_points_ms"])
+    assert profile.decode_ms(4, 1000) > 0 and profile.prefill_ms(256) > 0
+    assert result["transfer_gbps"] > 0
+    assert data == {k: v for k, v in result["profile"].items()} | {"name": "tiny-cpu"}
+
+
+def test_profile_json_file_and_unknown_model(openai_server, tmp_path: Path) -> None:
+    out = llumctl(
+        "profile", "--url", openai_server.url, "--out", str(tmp_path / "p.json"),
+        "--model", "no-such-model",
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {openai_server.url} does not serve 'no-such-model'"
+    assert not (tmp_path / "p.json").exists()

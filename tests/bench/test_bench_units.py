@@ -1,0 +1,82 @@
+"""Pure parts of bench/profile: fits, metric parsing, workload mapping, summaries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llumctl.bench.records import BenchRequest, RequestRecord
+from llumctl.bench.stats import percentile, summarize
+from llumctl.bench.workload import fit_lengths, from_specs, log_line, to_specs
+from llumctl.errors import InputError
+from llumctl.profile.fit import fit_decode, fit_prefill, nonneg_lstsq, relative_error
+from llumctl.profile.measure import kv_blocks
+from llumctl.sim.workload import WorkloadSpec, generate
+
+
+def test_fits_recover_known_coefficients() -> None:
+    prefill = [(n, 0.5 * n + 1e-4 * n * n) for n in (32, 128, 512, 1024)]
+    per_token, quadratic = fit_prefill(prefill)
+    assert per_token == pytest.approx(0.5) and quadratic == pytest.approx(1e-4)
+    decode = [(b, s, 20 + 0.3 * b + 0.002 * s) for b in (1, 4, 16) for s in (100, 3000)]
+    assert fit_decode(decode) == pytest.approx((20, 0.3, 0.002))
+
+
+def test_negative_terms_are_dropped_not_written() -> None:
+    # y falls with x2: the unconstrained fit would give x2 a negative coefficient.
+    rows = [(1.0, 0.0), (1.0, 1.0), (1.0, 2.0)]
+    coef = nonneg_lstsq(rows, [3.0, 2.5, 2.0])
+    assert coef[1] == 0.0 and coef[0] == pytest.approx(2.5)
+
+
+def test_relative_error() -> None:
+    assert relative_error(1.1, 1.0) == pytest.approx(0.1)
+    assert relative_error(0.0, 0.0) == 0.0 and math.isinf(relative_error(1.0, 0.0))
+
+
+def test_kv_blocks_from_vllm_metrics() -> None:
+    text = (
+        "# HELP vllm:cache_config_info x\n"
+        'vllm:cache_config_info{block_size="32",cache_dtype="auto",num_gpu_blocks="64"} 1.0\n'
+    )
+    assert kv_blocks(text) == (64, 32)
+    with pytest.raises(InputError, match="no vllm:cache_config_info"):
+        kv_blocks("llumctl_instance_running 1\n")
+
+
+def test_workload_maps_both_ways_and_caps_lengths() -> None:
+    specs = generate(WorkloadSpec(num_requests=50, rate=5.0, input="L", output="L", seed=2))
+    requests = from_specs(specs)
+    assert requests[0].arrival_s == 0.0
+    capped = fit_lengths(requests, max_prompt=512, max_total=1023)
+    assert all(r.num_prompt_tokens <= 512 for r in capped)
+    assert all(r.num_prompt_tokens + r.num_output_tokens <= 1023 for r in capped)
+    assert [r.arrival_s for r in capped] == [r.arrival_s for r in requests]
+    back = to_specs(capped)
+    assert [(s.prompt_tokens, s.output_tokens) for s in back] == [
+        (r.num_prompt_tokens, r.num_output_tokens) for r in capped
+    ]
+
+
+def _record(i: int, ttft: float, error: str = "") -> RequestRecord:
+    return RequestRecord(
+        i, 0.0, 10, 5, 5 if not error else 0, 0, ttft, 0.01, ttft + 0.04, "", error
+    )
+
+
+def test_summary_counts_errors_and_excludes_them_from_latency() -> None:
+    records = [_record(0, 0.1), _record(1, 0.3), _record(2, -1.0, "HTTP 400: bad")]
+    summary = summarize(records, duration_s=2.0)
+    assert summary["requests"] == 3 and summary["errors"] == 1
+    assert summary["ttft_p50"] == pytest.approx(0.2)
+    assert summary["throughput_rps"] == pytest.approx(1.0)
+    assert summary["output_tokens_per_s"] == pytest.approx(5.0)
+    assert math.isnan(percentile([], 50))
+
+
+def test_log_line_is_a_trace_line_with_measurements() -> None:
+    line = log_line(_record(7, -1.0, "boom"), scheduled_arrival_s=1.25)
+    assert line["request_id"] == "r7" and line["arrival_time"] == 1.25
+    assert line["ttft_s"] is None and line["error"] == "boom"
+    assert BenchRequest(0.0, 1, 1).priority == 0
