@@ -17,31 +17,46 @@ def dispatch_order(requests: Sequence[NewRequest]) -> list[NewRequest]:
 
 
 def dispatch_by_score(
-    view: ClusterView, requests: Sequence[NewRequest], score: Scorer
+    view: ClusterView,
+    requests: Sequence[NewRequest],
+    score: Scorer,
+    base_score: Callable[[InstanceLoad], float] | None = None,
 ) -> list[Dispatch]:
     """Send each request to the best-scoring live instance of its model.
 
     Each decision is added to the pending set before the next one is scored, so a batch
     spreads over the cluster instead of landing on one instance. A request with no live
-    instance of its model gets no decision (the caller keeps it queued).
+    instance of its model gets no decision (the caller keeps it queued). `base_score`,
+    when given, must equal `score(inst, ())` (it may be memoised per report); ties go to
+    the larger instance id.
     """
-    pending = {iid: tuple(p) for iid, p in view.pending.items()}
-    by_model: dict[str, list[InstanceLoad]] = {}
+    pending = {iid: tuple(p) for iid, p in view.pending.items() if p}
+    groups: dict[str, tuple[list[InstanceLoad], list[str], list[float]]] = {}
     for inst in view.instances:
-        if not inst.is_draining:
-            by_model.setdefault(inst.model, []).append(inst)
+        if inst.is_draining:
+            continue
+        group = groups.get(inst.model)
+        if group is None:
+            group = groups[inst.model] = ([], [], [])
+        own = pending.get(inst.instance_id)
+        group[0].append(inst)
+        group[1].append(inst.instance_id)
+        if own is not None or base_score is None:
+            group[2].append(score(inst, own or ()))
+        else:
+            group[2].append(base_score(inst))
     decisions: list[Dispatch] = []
     for req in dispatch_order(requests):
-        candidates = by_model.get(req.model)
-        if not candidates:
+        group = groups.get(req.model)
+        if group is None:
             continue
-        best = max(
-            candidates,
-            key=lambda inst: (score(inst, pending.get(inst.instance_id, ())), inst.instance_id),
-        )
+        insts, ids, scores = group
+        _, best_id = max(zip(scores, ids, strict=True))
+        index = ids.index(best_id)
         new = PendingDispatch(req.request_id, req.num_blocks, req.priority)
-        pending[best.instance_id] = pending.get(best.instance_id, ()) + (new,)
-        decisions.append(Dispatch(req.request_id, best.instance_id))
+        pending[best_id] = pending.get(best_id, ()) + (new,)
+        scores[index] = score(insts[index], pending[best_id])
+        decisions.append(Dispatch(req.request_id, best_id))
     return decisions
 
 

@@ -52,15 +52,22 @@ def virtual_usage(
     *,
     uses_priority: bool = True,
     budget_tokens: int = 1600,
+    counts_all_queued: bool = False,
 ) -> float:
-    """ΣV of an instance in blocks (infinite when draining)."""
+    """ΣV of an instance in blocks (infinite when draining).
+
+    `counts_all_queued` replaces the head-of-line rule by the demand of every queued
+    request (used for dispatch with `dispatch_queued_demand = "all"`).
+    """
     if inst.is_draining:
         return INFINITE_USAGE
     pending = tuple(pending)
     # Physical usage also covers blocks staged for incoming migrations.
     physical = max(inst.num_used_blocks, sum(r.num_blocks for r in inst.running))
     usage = float(physical)
-    if inst.queued:
+    if counts_all_queued:
+        usage += sum(r.num_blocks for r in inst.queued)
+    elif inst.queued:
         usage += inst.queued[0].num_blocks
     usage += sum(p.num_blocks for p in pending)
     if uses_priority:
@@ -82,10 +89,17 @@ def freeness(
     *,
     uses_priority: bool = True,
     budget_tokens: int = 1600,
+    counts_all_queued: bool = False,
 ) -> float:
     """F in blocks per request; higher = freer; -inf for a draining instance."""
     pending = tuple(pending)
-    usage = virtual_usage(inst, pending, uses_priority=uses_priority, budget_tokens=budget_tokens)
+    usage = virtual_usage(
+        inst,
+        pending,
+        uses_priority=uses_priority,
+        budget_tokens=budget_tokens,
+        counts_all_queued=counts_all_queued,
+    )
     if math.isinf(usage):
         return -math.inf
     spare = inst.num_total_blocks - usage

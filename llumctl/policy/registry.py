@@ -12,7 +12,7 @@ Every policy may auto-scale (when `params.is_scaling_enabled`), each on its own 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from llumctl.policy.decisions import Dispatch, Migrate, ScaleDown, ScaleUp
@@ -51,10 +51,44 @@ class Policy:
             budget_tokens=self.params.high_priority_kv_budget_tokens,
         )
 
+    def dispatch_score(
+        self, inst: InstanceLoad, pending: tuple[PendingDispatch, ...] = ()
+    ) -> float:
+        """The score dispatch maximises: `score`, with all queued demand counted when
+        `params.dispatch_queued_demand == "all"`."""
+        if self.metric == "infaas" or self.params.dispatch_queued_demand != "all":
+            return self.score(inst, pending)
+        return freeness(
+            inst,
+            pending,
+            uses_priority=self.uses_priority,
+            budget_tokens=self.params.high_priority_kv_budget_tokens,
+            counts_all_queued=True,
+        )
+
     def dispatch(self, view: ClusterView, requests: Sequence[NewRequest]) -> list[Dispatch]:
         if self.metric == "round-robin":
             return dispatch_round_robin(view, requests)
-        return dispatch_by_score(view, requests, self.score)
+        return dispatch_by_score(view, requests, self.dispatch_score, self._memoised())
+
+    def _memoised(self) -> Callable[[InstanceLoad], float]:
+        """`dispatch_score(inst)` memoised on the (immutable) report itself, so a report
+        is scored once however many decisions read it."""
+        p = self.params
+        key = (
+            f"_dispatch_score:{self.metric}:{self.uses_priority}:"
+            f"{p.high_priority_kv_budget_tokens}:{p.dispatch_queued_demand}"
+        )
+        compute = self.dispatch_score
+
+        def memo(inst: InstanceLoad) -> float:
+            cache = inst.__dict__
+            value: float | None = cache.get(key)
+            if value is None:
+                value = cache[key] = compute(inst)
+            return value
+
+        return memo
 
     def migrations(self, view: ClusterView) -> list[Migrate]:
         if not self.is_migrating:

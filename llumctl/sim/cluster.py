@@ -100,7 +100,7 @@ class Simulation:
             self._push(req.arrival_time, ARRIVAL, req)
         self._push(self.config.tick_interval_s, TICK, None)
         total = len(self.requests)
-        handlers = {
+        handlers: dict[int, Callable[[float, Any], None]] = {
             STEP: self._on_step,
             ARRIVAL: self._on_arrival,
             MIGRATION: self._on_migration,
@@ -239,26 +239,26 @@ class Simulation:
         self._frag_samples += 1
 
     def _start_migrations(self, now: float, decision: Migrate) -> None:
+        """The source moves its candidates in selector order, skipping any that would not
+        fit the destination's free blocks (the reserve handshake would refuse them)."""
         src = self.instances.get(decision.src)
         dst = self.instances.get(decision.dst)
         if src is None or dst is None:
             return
-        load = src.load(now)
-        extra = self.migrations.num_out.get(src.instance_id, 0)
-        wanted = decision.request_ids or tuple(
-            select_candidates(load, decision.num_requests + extra)
-        )
+        wanted = decision.request_ids or tuple(select_candidates(src.load(now), src.num_running))
         by_id = {r.request_id: r for r in src.running()}
         started = 0
         for rid in wanted:
             req = by_id.get(rid)
-            if started >= decision.num_requests or req is None:
+            if started >= decision.num_requests:
+                break
+            if req is None or rid in self.migrations.in_flight:
                 continue
-            if rid in self.migrations.in_flight:
+            if src.blocks_of(req) + 1 > dst.num_free_blocks:
                 continue
             delay = self.migrations.start(src, dst, req, decision.reason)
             if delay is None:
-                return
+                continue
             self._push(now + delay, MIGRATION, self.migrations.in_flight[rid])
             started += 1
 

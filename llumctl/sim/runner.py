@@ -76,6 +76,7 @@ def run_experiment(
     results = {}
     for name in exp.policies:
         results[name] = run_policy(requests, exp, name, progress(name) if progress else None)
-    return rounded(
+    out: dict[str, Any] = rounded(
         {"simulated": True, "workload": workload_summary(requests, exp), "results": results}
     )
+    return out
