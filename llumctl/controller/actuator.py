@@ -114,9 +114,12 @@ class Actuator:
     # ---- drain, stop, failures -----------------------------------------------------------
     async def drain(self, instance_id: str, *, stop_when_empty: bool = False) -> None:
         entry = self.entry(instance_id)
-        await self._instances.drain(entry.info.url, True)
+        # The intent first: if the call times out after the instance drained, the
+        # controller still treats it as draining (it alone dispatches there).
         entry.is_draining = True
         entry.is_stop_when_empty = entry.is_stop_when_empty or stop_when_empty
+        self._state.drain_intent[instance_id] = entry.is_stop_when_empty
+        await self._instances.drain(entry.info.url, True)
         self._events.add(ev.POLICY, action="drain", instance=instance_id, stop=stop_when_empty)
 
     async def reap_drained(self) -> None:
@@ -141,7 +144,8 @@ class Actuator:
         if agent is None:
             raise NotFoundError(f"agent of instance {instance_id!r} is not registered")
         await self._agents.stop_instance(agent.url, instance_id)
-        self._state.remove_instance(instance_id)
+        self._state.tombstone(instance_id)
+        self._state.drain_intent.pop(instance_id, None)
         self._metrics.scaling.labels("stop").inc()
         self._events.add(kind, instance=instance_id, model=entry.info.model, phase="stopped")
 
@@ -194,11 +198,11 @@ class Actuator:
         return started
 
     async def scale_down(self, instance_id: str, *, trigger: str = "policy") -> None:
+        model = self.entry(instance_id).info.model
         await self.drain(instance_id, stop_when_empty=True)
         self._metrics.scaling.labels("down").inc()
-        entry = self.entry(instance_id)
         self._events.add(
-            ev.SCALE_DOWN, instance=instance_id, model=entry.info.model, phase="draining",
+            ev.SCALE_DOWN, instance=instance_id, model=model, phase="draining",
             trigger=trigger,
         )  # fmt: skip
 

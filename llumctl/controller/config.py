@@ -40,7 +40,7 @@ class ControllerConfig:
     # Period of the policy loop (migration pairing, scaling, liveness).
     policy_period_s: float = 0.2
     # An instance whose last load report is older than this is considered dead.
-    report_timeout_s: float = 5.0
+    report_timeout_s: float = 10.0
     # How long a request waits for an instance of its model before a 503.
     dispatch_timeout_s: float = 60.0
     # Models the controller may start instances of (auto-scaling, /api/scale).

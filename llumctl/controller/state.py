@@ -17,6 +17,9 @@ from llumctl.protocol import InstanceInfo
 
 # A dispatch not yet visible in the instance's reports stops counting after this long.
 PENDING_EXPIRY_S = 10.0
+# Reports from an instance this controller stopped are ignored for this long (a report
+# or heartbeat already in flight must not bring it back).
+TOMBSTONE_S = 10.0
 
 
 @dataclass
@@ -88,7 +91,7 @@ class RequestRecord:
 
 
 class ClusterState:
-    def __init__(self, report_timeout_s: float = 5.0) -> None:
+    def __init__(self, report_timeout_s: float = 10.0) -> None:
         self.report_timeout_s = report_timeout_s
         self.agents: dict[str, AgentEntry] = {}
         self.instances: dict[str, InstanceEntry] = {}
@@ -99,6 +102,11 @@ class ClusterState:
         # Instances being started per model (ids known once the agent answers).
         self.starting: dict[str, set[str]] = {}
         self.last_scale_time: dict[str, float] = {}
+        # Drains this controller ordered: instance id -> stop once empty. Kept apart from
+        # the entries so an instance dropped for late reports and re-added keeps it.
+        self.drain_intent: dict[str, bool] = {}
+        # Instances stopped by this controller, by stop time (see `tombstone`).
+        self.stopped: dict[str, float] = {}
 
     # ---- reports ---------------------------------------------------------------------
     def register_agent(self, agent: AgentEntry, instances: list[InstanceInfo]) -> bool:
@@ -106,8 +114,15 @@ class ClusterState:
         is_new = agent.agent_id not in self.agents
         agent.last_seen = time.monotonic()
         self.agents[agent.agent_id] = agent
+        listed = {info.instance_id for info in instances}
+        # The agent's list is authoritative for its own instances: one it no longer
+        # hosts is gone, whatever a late report said.
+        for entry in list(self.instances.values()):
+            if entry.info.agent_id == agent.agent_id and entry.id not in listed:
+                self.remove_instance(entry.id)
         for info in instances:
-            self.upsert_info(info, from_agent=True)
+            if not self._is_tombstoned(info.instance_id):
+                self.upsert_info(info, from_agent=True)
         return is_new
 
     def upsert_info(self, info: InstanceInfo, *, from_agent: bool = False) -> InstanceEntry:
@@ -116,6 +131,9 @@ class ClusterState:
         entry = self.instances.get(info.instance_id)
         if entry is None:
             entry = self.instances[info.instance_id] = InstanceEntry(info)
+            if info.instance_id in self.drain_intent:
+                entry.is_draining = True
+                entry.is_stop_when_empty = self.drain_intent[info.instance_id]
         elif from_agent:
             state = entry.info.state
             if info.state in ("failed", "stopped") or state == "starting":
@@ -146,6 +164,8 @@ class ClusterState:
 
     def apply_load(self, info: InstanceInfo, load: InstanceLoad, tokens_per_s: float) -> bool:
         """Record a load report; True if the instance was not known before."""
+        if self._is_tombstoned(info.instance_id):
+            return False  # a late report from an instance we just stopped
         is_new = info.instance_id not in self.instances
         entry = self.upsert_info(info)
         before = entry.load.num_preempted if entry.load is not None else 0
@@ -158,6 +178,18 @@ class ClusterState:
         for rid in [rid for rid in pending if rid in seen]:
             del pending[rid]
         return is_new
+
+    def tombstone(self, instance_id: str) -> None:
+        """Forget a stopped instance and ignore reports still in flight from it."""
+        self.remove_instance(instance_id)
+        self.stopped[instance_id] = time.monotonic()
+
+    def _is_tombstoned(self, instance_id: str) -> bool:
+        stopped = self.stopped.get(instance_id)
+        if stopped is not None and time.monotonic() - stopped > TOMBSTONE_S:
+            del self.stopped[instance_id]
+            return False
+        return stopped is not None
 
     def remove_instance(self, instance_id: str) -> InstanceEntry | None:
         self.pending.pop(instance_id, None)

@@ -4,6 +4,7 @@ processes, real llumlets; only the engine is simulated."""
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -77,7 +78,17 @@ def test_autoscaling_grows_under_load_and_shrinks_by_draining(controller_factory
     assert all(r.usage.completion_tokens == 400 for r in tail_results)
     ups = _events(controller, "scale-up")
     assert ups and peak > 1, "the cluster did not grow under load"
-    wait_for(lambda: len(_live(controller)) == 1, timeout_s=60, what="scale back to one")
+    try:
+        wait_for(lambda: len(_live(controller)) == 1, timeout_s=90, what="scale back to one")
+    except AssertionError:
+        status = api(controller, "GET", "/api/status").json()
+        print(json.dumps([status["instances"], status["requests"]], indent=1))
+        print(
+            json.dumps(
+                _events(controller, "scale-down") + _events(controller, "migration")[-10:], indent=1
+            )
+        )
+        raise
     downs = _events(controller, "scale-down")
     stopped = [e for e in downs if e["phase"] == "stopped"]
     assert len(stopped) == len(ups), "every instance started was drained and stopped"

@@ -101,3 +101,28 @@ def test_preemptions_observed_add_up_rises_only():
     for preempted in (0, 2, 1, 3, 0):
         state.apply_load(_info("i"), _load("i", preempted=preempted), 0.0)
     assert state.instances["i"].num_preemptions_observed == 4
+
+
+def test_a_stopped_instance_does_not_come_back_from_late_reports():
+    state = ClusterState()
+    agent = AgentEntry("ag", "http://ag", "h")
+    state.register_agent(agent, [_info("i1", agent_id="ag"), _info("i2", agent_id="ag")])
+    state.apply_load(_info("i1"), _load("i1"), 0.0)
+    state.tombstone("i1")
+    state.apply_load(_info("i1"), _load("i1"), 0.0)  # in flight when it was stopped
+    state.register_agent(agent, [_info("i1", agent_id="ag"), _info("i2", agent_id="ag")])
+    assert "i1" not in state.instances
+    # The agent's own list is authoritative: what it no longer hosts is gone.
+    state.register_agent(agent, [])
+    assert state.instances == {}
+
+
+def test_a_drain_survives_the_instance_being_dropped_and_readded():
+    state = ClusterState()
+    state.apply_load(_info("i"), _load("i"), 0.0)
+    state.drain_intent["i"] = True
+    state.remove_instance("i")  # e.g. reports were late
+    state.apply_load(_info("i"), _load("i"), 0.0)
+    entry = state.instances["i"]
+    assert entry.is_draining and entry.is_stop_when_empty
+    assert state.view().instances[0].is_draining
