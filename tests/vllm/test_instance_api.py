@@ -1,0 +1,118 @@
+"""The instance API of a real vLLM instance process: auth, bad input, attach, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from vllm_helpers import body, follow, prompt_ids, wait_tokens, wait_until
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture
+async def http(vllm_instances):
+    async with httpx.AsyncClient(headers=vllm_instances[0].headers, timeout=300) as client:
+        yield client
+
+
+async def test_calls_without_the_secret_get_401(vllm_instances):
+    inst = vllm_instances[0]
+    async with httpx.AsyncClient(timeout=30) as anon:
+        assert (await anon.get(f"{inst.url}/load")).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        resp = await anon.post(f"{inst.url}/generate", json=body("x", [5], 2), headers=wrong)
+        assert resp.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (body("long", prompt_ids(2040, 1), 100), "exceeds the model context"),
+        (body("neg", [5, 6], 0), "max_tokens"),
+        ({"request_id": "both", "prompt": "hi", "prompt_token_ids": [5]}, "exactly one"),
+        ({"request_id": "vocab", "prompt_token_ids": [999999]}, "prompt_token_ids"),
+        ({"prompt": "no id"}, "request_id"),
+    ],
+    ids=["too-long", "max-tokens", "two-prompts", "vocab", "no-id"],
+)
+async def test_bad_generate_input_is_a_400_with_one_line(vllm_instances, http, payload, needle):
+    resp = await http.post(f"{vllm_instances[0].url}/generate", json=payload)
+    assert resp.status_code == 400
+    message = resp.json()["error"]["message"]
+    assert needle in message and "\n" not in message
+
+
+async def test_bad_json_and_unknown_request(vllm_instances, http):
+    url = vllm_instances[0].url
+    resp = await http.post(f"{url}/generate", content=b"{not json")
+    assert resp.status_code == 400
+    assert (await http.get(f"{url}/requests/nope/stream")).status_code == 404
+    assert (await http.post(f"{url}/requests/nope/abort")).status_code == 404
+    assert (await http.get(f"{url}/requests/nope/stream?from=x")).status_code == 400
+
+
+async def test_text_prompt_and_attach_at_an_index(vllm_instances, http):
+    url = vllm_instances[0].url
+    req = {"request_id": "attach", "prompt": "the and of bada", "sampling": {
+        "max_tokens": 12, "temperature": 0.0, "ignore_eos": True}}  # fmt: skip
+    whole = await follow(http, url, req)
+    assert whole.indexes == list(range(12))
+    lines = []
+    async with http.stream("GET", f"{url}/requests/attach/stream", params={"from": 7}) as r:
+        async for line in r.aiter_lines():
+            if line.strip():
+                lines.append(json.loads(line))
+    assert [e["index"] for e in lines[:-1]] == list(range(7, 12))
+    assert [e["token_id"] for e in lines[:-1]] == whole.tokens[7:]
+    assert lines[-1]["type"] == "finished" and lines[-1]["num_output_tokens"] == 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_load_reports_follow_the_report_target(vllm_instances, http):
+    """A real HTTP receiver gets LoadReports (with a running request in them)."""
+    inst = vllm_instances[0]
+    reports: list[dict] = []
+    app = FastAPI()
+
+    @app.post("/internal/load")
+    async def load(request: Request) -> dict:
+        assert request.headers["authorization"] == f"Bearer {inst.secret}"
+        reports.append(await request.json())
+        return {}
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        target = {"url": f"http://127.0.0.1:{port}"}
+        assert (await http.put(f"{inst.url}/report-target", json=target)).status_code == 200
+        task = asyncio.create_task(follow(http, inst.url, body("reported", prompt_ids(50, 3), 200)))
+        await wait_tokens(http, inst.url, "reported", 3)
+
+        async def seen() -> bool:
+            return any(
+                [r["request_id"] for r in rep["load"]["running"]] == ["reported"] for rep in reports
+            )
+
+        await wait_until(seen, "a report with the running request", timeout_s=30)
+        await http.post(f"{inst.url}/requests/reported/abort")
+        await task
+        assert (await http.put(f"{inst.url}/report-target", json={"url": None})).status_code == 200
+        assert reports[-1]["info"]["instance_id"] == inst.instance_id
+        assert reports[-1]["info"]["engine"] == "vllm"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

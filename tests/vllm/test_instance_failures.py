@@ -1,0 +1,87 @@
+"""Instance processes dying mid-migration (each test starts and kills its own instance)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from conftest import kill_instance, launch_instance, stop_instance, wait_ready
+from vllm_helpers import (
+    assert_contiguous,
+    body,
+    follow,
+    load_of,
+    migrate,
+    prompt_ids,
+    wait_tokens,
+    wait_until,
+)
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def doomed(vllm_instances, tiny_model_dir, cluster_secret, instance_log_dir):
+    """Two extra instances, started together (one per kill test)."""
+    procs = [
+        launch_instance(tiny_model_dir, f"doomed{i}", cluster_secret, instance_log_dir)
+        for i in range(2)
+    ]
+    try:
+        yield [wait_ready(p) for p in procs]
+    finally:
+        for p in procs:
+            stop_instance(p)
+
+
+@pytest.fixture
+async def http(vllm_instances):
+    async with httpx.AsyncClient(headers=vllm_instances[0].headers, timeout=300) as client:
+        yield client
+
+
+async def _reserved(http, url) -> bool:
+    return (await load_of(http, url))["num_migrating_in"] == 1
+
+
+async def test_destination_killed_mid_migration(vllm_instances, doomed, http):
+    src, dst = vllm_instances[0], doomed[0]
+    prompt = prompt_ids(300, seed=21)
+    ref = await follow(http, src.url, body("kill-dst-ref", prompt, 150))
+    task = asyncio.create_task(follow(http, src.url, body("kill-dst", prompt, 150)))
+    await wait_tokens(http, src.url, "kill-dst", 5)
+    # Pre-copy pauses 3 s after its first stage; the destination dies meanwhile.
+    mig = asyncio.create_task(migrate(http, src, dst, ["kill-dst"], debug_pause_s=3))
+    await wait_until(lambda: _reserved(http, dst.url), "reservation on the destination")
+    kill_instance(dst)
+    resp = await mig
+    trace = await task
+    (result,) = resp.json()["results"]
+    assert result["status"] == "aborted", result
+    assert result["reason"] in ("transfer-failed", "dst-unreachable", "dst-failed"), result
+    assert [e["type"] for e in trace.ends] == ["finished"]
+    assert_contiguous(trace, 150)
+    assert trace.tokens == ref.tokens
+
+
+async def test_source_killed_mid_migration(vllm_instances, doomed, http):
+    src, dst = doomed[1], vllm_instances[1]
+    task = asyncio.create_task(follow(http, src.url, body("kill-src", prompt_ids(300, 22), 400)))
+    await wait_tokens(http, src.url, "kill-src", 5)
+    mig = asyncio.create_task(migrate(http, src, dst, ["kill-src"], debug_pause_s=60))
+    await wait_until(lambda: _reserved(http, dst.url), "reservation on the destination")
+    kill_instance(src)
+    # The caller learns of the failure (no hang): the migrate call and the stream break.
+    with pytest.raises(httpx.HTTPError):
+        await asyncio.wait_for(mig, 60)
+    with pytest.raises(httpx.HTTPError):
+        await asyncio.wait_for(task, 60)
+
+    # The destination drops the orphaned reservation and keeps serving.
+    async def released() -> bool:
+        return (await load_of(http, dst.url))["num_migrating_in"] == 0
+
+    await wait_until(released, "destination dropping the reservation", timeout_s=60)
+    trace = await follow(http, dst.url, body("after-kill", prompt_ids(20, 23), 5))
+    assert trace.end["type"] == "finished"

