@@ -43,7 +43,7 @@ def instances(draw: st.DrawFn, iid: str = "i0") -> InstanceLoad:
     return InstanceLoad(iid, total, used, running=running, queued=queued)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(instances(), st.integers(1, 300), st.sampled_from(list(Priority)), st.booleans())
 def test_adding_a_running_request_never_raises_freeness(
     inst: InstanceLoad, blocks: int, priority: Priority, uses_priority: bool
@@ -61,13 +61,13 @@ def test_adding_a_running_request_never_raises_freeness(
     assert after <= before
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(instances(), st.integers(1, 300))
 def test_a_pending_dispatch_never_raises_freeness(inst: InstanceLoad, blocks: int) -> None:
     assert freeness(inst, (PendingDispatch("p", blocks),)) <= freeness(inst)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(instances(), requests)
 def test_head_of_line_rule_only_the_first_queued_request_counts(
     inst: InstanceLoad, more: list[RequestLoad]
@@ -94,7 +94,7 @@ def test_head_of_line_rule_only_the_first_queued_request_counts(
     assert freeness(changed) < freeness(inst)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(instances(), min_size=2, max_size=6), st.integers(1, 50))
 def test_a_draining_instance_is_never_a_dispatch_target(
     insts: list[InstanceLoad], blocks: int
@@ -114,7 +114,7 @@ def test_a_draining_instance_is_never_a_dispatch_target(
     assert freeness(drained) == -math.inf
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(requests.filter(lambda rs: len(rs) > 0))
 def test_a_draining_instance_is_always_a_migration_source(running: list[RequestLoad]) -> None:
     used = sum(r.num_blocks for r in running)
