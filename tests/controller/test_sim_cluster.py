@@ -62,20 +62,24 @@ def test_autoscaling_grows_under_load_and_shrinks_by_draining(controller_factory
         return client.completions.create(model=MODEL, prompt=f"{i} {prompt}", max_tokens=100)
 
     def tail(i: int):
-        return client.completions.create(model=MODEL, prompt=f"tail {i}", max_tokens=400)
+        return client.completions.create(model=MODEL, prompt=f"tail {i}", max_tokens=800)
 
     sizes: list[int] = []
-    with ThreadPoolExecutor(41) as pool:
+    with ThreadPoolExecutor(44) as pool:
         done = threading.Event()
         sampler = pool.submit(_sample_sizes, controller, sizes, done)
-        burst_results = list(pool.map(burst, range(40)))
+        bursts = [pool.submit(burst, i) for i in range(40)]
+        # Long requests started once the cluster has grown: they spread over the new
+        # instances and are still running when the load falls and the cluster shrinks.
+        wait_for(lambda: len(_live(controller)) >= 3, timeout_s=120, what="growth")
         tails = [pool.submit(tail, i) for i in range(3)]
+        burst_results = [b.result() for b in bursts]
         tail_results = [t.result() for t in tails]
         done.set()
         sampler.result()
     peak = max(sizes)
     assert all(r.usage.completion_tokens == 100 for r in burst_results)
-    assert all(r.usage.completion_tokens == 400 for r in tail_results)
+    assert all(r.usage.completion_tokens == 800 for r in tail_results)
     ups = _events(controller, "scale-up")
     assert ups and peak > 1, "the cluster did not grow under load"
     try:
