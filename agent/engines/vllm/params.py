@@ -65,7 +65,7 @@ def prepare_request(
             )
         except Exception as exc:  # template errors come in many types
             raise InputError(f"cannot apply the chat template: {exc}") from None
-        if isinstance(ids, dict):
+        if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding (not a dict)
             ids = ids["input_ids"]
     else:
         ids = tokenizer.encode(request.prompt, add_special_tokens=True)
