@@ -122,3 +122,30 @@ def infaas_load(inst: InstanceLoad, pending: Iterable[PendingDispatch] = ()) -> 
     if spare < 0:
         return float(spare)
     return spare / max(1, count)
+
+
+def pooled_freeness(
+    insts: Iterable[InstanceLoad],
+    *,
+    metric: str = "freeness",
+    uses_priority: bool = True,
+    budget_tokens: int = 1600,
+) -> float:
+    """Freeness of a group as one pooled instance: Σ spare / Σ batch (blocks per request).
+
+    Used for auto-scaling instead of the mean of per-instance freeness, which an empty
+    instance (freeness M / 1) dominates: right after a scale-up the mean jumps above the
+    scale-down bound and the new instance would be drained at once. Draining instances
+    are left out by the caller.
+    """
+    spare = 0.0
+    batch = 0
+    for inst in insts:
+        if metric == "infaas":
+            spare += inst.num_free_blocks - sum(r.num_blocks for r in inst.queued)
+            batch += len(inst.running) + len(inst.queued)
+        else:
+            usage = virtual_usage(inst, uses_priority=uses_priority, budget_tokens=budget_tokens)
+            spare += inst.num_total_blocks - usage
+            batch += batch_size(inst)
+    return spare / max(1, batch)

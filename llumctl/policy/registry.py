@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from llumctl.policy.decisions import Dispatch, Migrate, ScaleDown, ScaleUp
 from llumctl.policy.dispatch import dispatch_by_score, dispatch_round_robin
-from llumctl.policy.freeness import freeness, infaas_load
+from llumctl.policy.freeness import freeness, infaas_load, pooled_freeness
 from llumctl.policy.migration import pair_migrations
 from llumctl.policy.params import PolicyParams
 from llumctl.policy.scaling import decide_scaling
@@ -96,7 +96,16 @@ class Policy:
         return pair_migrations(view, self.params, self._scored(view))
 
     def scaling(self, view: ClusterView) -> list[ScaleUp | ScaleDown]:
-        return decide_scaling(view, self.params, self._scored(view))
+        return decide_scaling(view, self.params, self._scored(view), self.group_freeness)
+
+    def group_freeness(self, insts: list[InstanceLoad]) -> float:
+        """Pooled freeness of a group (the auto-scaling signal)."""
+        return pooled_freeness(
+            insts,
+            metric="infaas" if self.metric == "infaas" else "freeness",
+            uses_priority=self.uses_priority,
+            budget_tokens=self.params.high_priority_kv_budget_tokens,
+        )
 
     def tick(self, view: ClusterView) -> list[Migrate | ScaleUp | ScaleDown]:
         """The periodic decisions: migrations, then scaling."""

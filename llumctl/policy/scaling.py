@@ -9,12 +9,19 @@ from llumctl.policy.params import PolicyParams
 from llumctl.policy.views import ClusterView, InstanceLoad
 
 Freeness = Callable[[InstanceLoad], float]
+GroupFreeness = Callable[[list[InstanceLoad]], float]
 
 
 def decide_scaling(
-    view: ClusterView, params: PolicyParams, score: Freeness
+    view: ClusterView,
+    params: PolicyParams,
+    score: Freeness,
+    group_score: GroupFreeness | None = None,
 ) -> list[ScaleUp | ScaleDown]:
     """Scale up below `scale_up_below`, drain the emptiest instance above `scale_down_above`.
+
+    The group's freeness is `group_score(active)` when given (the policies pass the
+    pooled freeness), else the mean of `score` over the active instances.
 
     One action per model per cool-down; instances still booting count toward the pool and
     block further scale-ups (their capacity is not in the average yet); a scale-down waits
@@ -36,7 +43,10 @@ def decide_scaling(
             continue
         if not active:
             continue
-        average = sum(score(i) for i in active) / len(active)
+        if group_score is not None:
+            average = group_score(active)
+        else:
+            average = sum(score(i) for i in active) / len(active)
         if average < params.scale_up_below and total < params.max_instances and starting == 0:
             decisions.append(ScaleUp(model, 1))
         elif (

@@ -1,0 +1,79 @@
+"""Whole simulations: every request finishes, policies behave as named, runs repeat."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from llumctl.sim import (
+    Experiment,
+    LatencyProfile,
+    SimConfig,
+    WorkloadError,
+    WorkloadSpec,
+    run_experiment,
+)
+
+# Four instances at ~2.6x the paper's per-instance M-M load (queues, migrations).
+PROFILE = LatencyProfile(num_total_blocks=800)
+WORKLOAD = WorkloadSpec(num_requests=300, rate=5.0, input="M", output="M", seed=1)
+
+
+def small(policies: tuple[str, ...], **params: object) -> Experiment:
+    exp = Experiment(
+        workload=WORKLOAD,
+        config=SimConfig(num_instances=4),
+        profile=PROFILE,
+        policies=policies,
+    )
+    return replace(exp, params=exp.params.with_updates(dict(params)))
+
+
+def test_every_request_finishes_and_metrics_are_sane() -> None:
+    result = run_experiment(small(("llumnix", "infaas++", "round-robin", "llumnix-base")))
+    assert result["simulated"] is True
+    for name, metrics in result["results"].items():
+        assert metrics["unfinished"] == 0 and metrics["num_requests"] == 300, name
+        assert 0 < metrics["prefill_p50"] <= metrics["prefill_p99"]
+        assert metrics["decode_mean"] >= LatencyProfile().decode_base_ms / 1000
+        assert metrics["avg_instances"] == pytest.approx(4.0)
+    assert result["results"]["infaas++"]["migrations"] == 0
+    assert result["results"]["round-robin"]["migrations"] == 0
+    assert result["results"]["llumnix"]["migrations"] > 0
+    assert result["results"]["llumnix"]["mean_downtime_s"] >= 0.02
+
+
+def test_same_inputs_same_results() -> None:
+    exp = small(("llumnix",))
+    assert run_experiment(exp) == run_experiment(exp)
+    other = replace(exp, workload=replace(WORKLOAD, seed=2))
+    assert run_experiment(other) != run_experiment(exp)
+
+
+def test_scaling_starts_and_stops_instances() -> None:
+    exp = small(
+        ("llumnix", "infaas++"),
+        is_scaling_enabled=True,
+        min_instances=1,
+        max_instances=6,
+        scale_cooldown_s=2.0,
+    )
+    exp = replace(exp, config=SimConfig(num_instances=1, startup_delay_s=5.0))
+    result = run_experiment(exp)
+    for metrics in result["results"].values():
+        assert metrics["unfinished"] == 0
+        assert 1.0 < metrics["avg_instances"] < 6.0
+
+
+def test_a_request_larger_than_an_instance_is_refused() -> None:
+    exp = replace(small(("llumnix",)), workload=replace(WORKLOAD, input="6000", output="3000"))
+    exp = replace(exp, profile=replace(PROFILE, max_model_len=8000))
+    with pytest.raises(WorkloadError, match="holds at most"):
+        run_experiment(exp)
+
+
+def test_high_priority_requests_are_reported_apart() -> None:
+    exp = replace(small(("llumnix",)), workload=replace(WORKLOAD, priority_ratio=0.2))
+    high = run_experiment(exp)["results"]["llumnix"]["high"]
+    assert 30 < high["num_requests"] < 90 and high["prefill_p99"] > 0
