@@ -1,7 +1,7 @@
 """Reproduce the paper's headline comparisons in the simulator (not a test).
 
 Runs the workload files in examples/ through `llumctl sim --json` and writes
-bench/results/sim_paper.md: one table per experiment (policy x metric, with ratios vs
+bench/results/sim_paper_<NAME>.md: one table per experiment (policy x metric, with ratios vs
 INFaaS++ and round-robin where those ran). Everything here is SIMULATED.
 
 Run: python bench/sim_paper.py [--requests N] [NAME ...]   (NAME: ll, mm, ss, sl, ls,
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results" / "sim_paper.md"
+OUT_DIR = ROOT / "bench" / "results"
 METRICS = (
     "prefill_mean",
     "prefill_p99",
@@ -74,24 +74,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("names", nargs="*", default=["ll", "priority", "scaling"])
     args = parser.parse_args()
-    lines = [
-        "# Paper reproduction (SIMULATED: LLaMA-7B/A10 latency profile, 16 instances)",
-        "",
-        "Ratios are baseline / policy (> 1 means the row's policy is better). Times in s.",
-        "",
-    ]
     for name in args.names:
         cmd, result, wall = run(name, args.requests)
         results = result["results"]
         assert isinstance(results, dict)
-        lines += [f"## {name}", "", f"`{cmd}` ({wall:.0f} s wall)", ""]
-        lines += [f"Workload: `{json.dumps(result['workload'], sort_keys=True)}`", ""]
+        lines = [
+            f"# Paper reproduction, {name} (SIMULATED: LLaMA-7B/A10 profile)",
+            "",
+            "Ratios are baseline / policy (> 1 means the row's policy is better). Times in s.",
+            "",
+            f"`{cmd}` ({wall:.0f} s wall)",
+            "",
+            f"Workload: `{json.dumps(result['workload'], sort_keys=True)}`",
+            "",
+        ]
         lines += table(results, "all") + [""]
         if name == "priority":
             lines += ["High-priority requests only:", ""] + table(results, "high") + [""]
-        print("\n".join(lines[-8:]), flush=True)
-    OUT.write_text("\n".join(lines))
-    print(f"wrote {OUT}")
+        out = OUT_DIR / f"sim_paper_{name}.md"
+        out.write_text("\n".join(lines))
+        print("\n".join(lines), flush=True)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
