@@ -79,7 +79,7 @@ engine = "sim"
         agent_cmd = (tmp_path / "hostb" / "agent.pid").read_text().strip()
         cmdline = Path(f"/proc/{agent_cmd}/cmdline").read_bytes().split(b"\0")
         assert cmdline[0].decode() == f"{env_dir}/bin/python"
-        logs = ssh_env.llumctl("logs", "hostb")
+        logs = ssh_env.llumctl("logs", "hostb", "-n", "1000000")  # the whole log
         assert logs.returncode == 0 and "instance hostb-0" in logs.stdout
     finally:
         down = ssh_env.llumctl("down")
