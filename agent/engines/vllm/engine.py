@@ -280,7 +280,9 @@ class VllmEngine(Engine):
         raise EngineError(f"engine did not confirm the stop of {request_id}")
 
     async def release(self, request_id: str) -> None:
-        self._live.pop(request_id, None)
+        live = self._live.get(request_id)
+        if live is not None and live.is_stopped:  # not a local resume of the same request
+            del self._live[request_id]
         await self._sched.call({"op": "release", "key": request_id})
         # An idle EngineCore sleeps on its input queue: any utility call wakes it so it
         # steps once and frees the kept blocks.
