@@ -32,7 +32,7 @@ LLUMCTL_POLICIES = ("llumnix", "infaas++")
 @dataclass(frozen=True)
 class SideBySideConfig:
     instances: int = 3
-    requests: int = 100
+    requests: int = 80
     rate: float = 2.0
     cv: float = 3.0
     input: str = "M"

@@ -37,7 +37,7 @@ class LlumctlCluster:
         return httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=10).text
 
     def status(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.url}/api/status", headers=self.headers, timeout=10)
+        r = httpx.get(f"{self.url}/api/status", headers=self.headers, timeout=60)
         r.raise_for_status()
         return dict(r.json())
 

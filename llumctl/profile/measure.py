@@ -43,13 +43,13 @@ class ProfileSettings:
 
     @property
     def prefill_lengths(self) -> list[int]:
-        return [32, 256, 768] if self.quick else [32, 128, 256, 512, 768, 1024]
+        return [32, 256, 768] if self.quick else [32, 128, 256, 512, 768]
 
     @property
     def decode_grid(self) -> list[tuple[int, int]]:
         if self.quick:
             return [(1, 64), (4, 64), (4, 256)]
-        return [(b, n) for b in (1, 2, 4, 8, 16) for n in (64, 512)]
+        return [(b, n) for b in (1, 4, 8, 16) for n in (64, 512)]
 
     @property
     def repeats(self) -> int:
@@ -57,7 +57,7 @@ class ProfileSettings:
 
     @property
     def decode_tokens(self) -> int:
-        return 16 if self.quick else 48
+        return 16 if self.quick else 32
 
 
 async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dict[str, Any]:
