@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 MAX_DELTA_BLOCKS = 1
 MAX_NUM_STAGES = 8
 HTTP_TIMEOUT_S = 30.0
+# The destination answers a resume after the first token (a full prefill in recompute mode).
+RESUME_TIMEOUT_S = 180.0
 
 
 class MigrationAbort:
@@ -151,9 +153,15 @@ class _Migration:
             self.downtime_ms, self.num_stages, self.num_blocks, self.at,
         )  # fmt: skip
 
-    async def _post(self, http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
+    async def _post(
+        self,
+        http: httpx.AsyncClient,
+        path: str,
+        body: dict[str, Any],
+        timeout_s: float = HTTP_TIMEOUT_S,
+    ) -> Any:
         try:
-            resp = await http.post(f"{self.dst_url}{path}", json=body)
+            resp = await http.post(f"{self.dst_url}{path}", json=body, timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise MigrationError(
                 f"destination {self.dst_url}: {exc!r}", MigrationAbort.DST_UNREACHABLE
@@ -254,7 +262,10 @@ class _Migration:
             if self.mode != "recompute":
                 await self._send(self.num_blocks, num_staged - self.num_blocks)
             await self._post(
-                http, f"/migrate-in/{self.mid}/resume", self._resume_body(stopped, num_staged)
+                http,
+                f"/migrate-in/{self.mid}/resume",
+                self._resume_body(stopped, num_staged),
+                RESUME_TIMEOUT_S,
             )
         except BaseException:
             self._resume_here(stopped.output_token_ids)

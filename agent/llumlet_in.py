@@ -22,7 +22,7 @@ from llumctl.protocol import EventType, GenerateRequest, StreamEvent, from_json_
 log = logging.getLogger(__name__)
 
 # How long the destination waits for the resumed request's first token.
-RESUME_TIMEOUT_S = 120.0
+RESUME_TIMEOUT_S = 170.0
 
 
 @dataclass
