@@ -31,7 +31,7 @@ from llumctl.sim.workload import WorkloadSpec
 SIM_INSTANCES = 64
 
 
-def through_controller(work: Path, rate: float = 40.0, requests: int = 800) -> dict[str, Any]:
+def through_controller(work: Path, rate: float = 10.0, requests: int = 150) -> dict[str, Any]:
     toml = llumctl_stack.cluster_toml(SIM_INSTANCES, "sim", EngineShape(), "llumnix")
     cluster = llumctl_stack.up(work / "scale-home", toml, timeout_s=600)
     try:
@@ -39,7 +39,7 @@ def through_controller(work: Path, rate: float = 40.0, requests: int = 800) -> d
         probes = [BenchRequest(i * 0.05, 1, 1) for i in range(100)]
         probe_records, _ = asyncio.run(gen.run(probes))
         dispatch = [r.ttft_s for r in probe_records if r.is_ok]
-        spec = WorkloadSpec(requests, rate, "poisson", 1.0, "S", "S", 0.0, 3)
+        spec = WorkloadSpec(requests, rate, "poisson", 1.0, "S", "32", 0.0, 3)
         cpu0, t0 = process_cpu_seconds(cluster.controller_pid), time.perf_counter()
         records, duration = asyncio.run(gen.run(generated(spec)))
         cpu = process_cpu_seconds(cluster.controller_pid) - cpu0
@@ -112,7 +112,7 @@ def pure_policy(num_instances: int, repeats: int = 50) -> dict[str, Any]:
 
 
 def run(work: Path, quick: bool = False) -> dict[str, Any]:
-    rate, requests = (10.0, 60) if quick else (40.0, 800)
+    rate, requests = (10.0, 30) if quick else (10.0, 150)
     return {
         "controller_64_sim": through_controller(work, rate, requests),
         "policy_64": pure_policy(SIM_INSTANCES),
