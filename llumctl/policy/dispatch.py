@@ -31,20 +31,7 @@ def dispatch_by_score(
     the larger instance id.
     """
     pending = {iid: tuple(p) for iid, p in view.pending.items() if p}
-    groups: dict[str, tuple[list[InstanceLoad], list[str], list[float]]] = {}
-    for inst in view.instances:
-        if inst.is_draining:
-            continue
-        group = groups.get(inst.model)
-        if group is None:
-            group = groups[inst.model] = ([], [], [])
-        own = pending.get(inst.instance_id)
-        group[0].append(inst)
-        group[1].append(inst.instance_id)
-        if own is not None or base_score is None:
-            group[2].append(score(inst, own or ()))
-        else:
-            group[2].append(base_score(inst))
+    groups = _score_groups(view, pending, score, base_score)
     decisions: list[Dispatch] = []
     for req in dispatch_order(requests):
         group = groups.get(req.model)
@@ -58,6 +45,36 @@ def dispatch_by_score(
         scores[index] = score(insts[index], pending[best_id])
         decisions.append(Dispatch(req.request_id, best_id))
     return decisions
+
+
+def _score_groups(
+    view: ClusterView,
+    pending: dict[str, tuple[PendingDispatch, ...]],
+    score: Scorer,
+    base_score: Callable[[InstanceLoad], float] | None,
+) -> dict[str, tuple[list[InstanceLoad], list[str], list[float]]]:
+    """Per model: live instances, their ids and scores (comprehensions: this is the hot
+    loop of a dispatch over a large cluster)."""
+    live = [inst for inst in view.instances if not inst.is_draining]
+    models = {inst.model for inst in live}
+    if len(models) == 1:
+        parts = {models.pop(): live}
+    else:
+        parts = {}
+        for inst in live:
+            parts.setdefault(inst.model, []).append(inst)
+    groups = {}
+    for model, insts in parts.items():
+        ids = [inst.instance_id for inst in insts]
+        if base_score is None:
+            scores = [score(inst, pending.get(inst.instance_id, ())) for inst in insts]
+        else:
+            scores = list(map(base_score, insts))
+            for index, iid in enumerate(ids) if pending else ():
+                if iid in pending:
+                    scores[index] = score(insts[index], pending[iid])
+        groups[model] = (insts, ids, scores)
+    return groups
 
 
 def dispatch_round_robin(view: ClusterView, requests: Sequence[NewRequest]) -> list[Dispatch]:

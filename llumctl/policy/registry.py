@@ -82,11 +82,11 @@ class Policy:
         compute = self.dispatch_score
 
         def memo(inst: InstanceLoad) -> float:
-            cache = inst.__dict__
-            value: float | None = cache.get(key)
-            if value is None:
-                value = cache[key] = compute(inst)
-            return value
+            try:
+                return inst.__dict__[key]  # type: ignore[no-any-return]
+            except KeyError:
+                value = inst.__dict__[key] = compute(inst)
+                return value
 
         return memo
 
