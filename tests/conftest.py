@@ -43,7 +43,7 @@ INSTANCE_ENGINE_ARGS = {
     "block_size": 32,
     "enforce_eager": True,
 }
-START_TIMEOUT_S = 400.0
+START_TIMEOUT_S = 900.0
 
 
 @dataclass
