@@ -114,7 +114,7 @@ async def test_concurrent_migrations_both_directions(vllm_instances, http):
         assert trace.tokens[:num_checked] == ref.tokens, rid
         ends = [e["type"] for e in trace.ends]
         assert ends == (["migrated"] if rid in moved else []) + ["finished"]
-        assert trace.end["finish_reason"] == "abort"
+        assert trace.end["finish_reason"] in ("abort", "length")
 
 
 async def test_request_finishing_during_precopy_aborts_migration(vllm_instances, http):
