@@ -6,6 +6,7 @@ controller and the simulator call this same code (see docs/architecture.md).
 
 from llumctl.policy.decisions import Decision, Dispatch, Migrate, ScaleDown, ScaleUp
 from llumctl.policy.freeness import blocks_for_tokens, freeness, infaas_load, virtual_usage
+from llumctl.policy.index import DispatchIndex
 from llumctl.policy.migration import SELECTORS, select_candidates
 from llumctl.policy.params import PolicyParams
 from llumctl.policy.registry import POLICY_NAMES, Policy, get_policy
@@ -24,6 +25,7 @@ __all__ = [
     "ClusterView",
     "Decision",
     "Dispatch",
+    "DispatchIndex",
     "InstanceLoad",
     "Migrate",
     "NewRequest",

@@ -5,10 +5,43 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from llumctl.policy.decisions import Dispatch
-from llumctl.policy.views import ClusterView, InstanceLoad, NewRequest, PendingDispatch
+from llumctl.policy.views import ClusterView, InstanceLoad, NewRequest, PendingDispatch, Priority
 
 # (instance, its pending dispatches) -> score; the highest score wins.
 Scorer = Callable[[InstanceLoad, tuple[PendingDispatch, ...]], float]
+# (instance, its pending dispatches, request) -> True when the instance is preferred for it.
+Preference = Callable[[InstanceLoad, tuple[PendingDispatch, ...], NewRequest], bool]
+
+
+def physical_room(inst: InstanceLoad, pending: tuple[PendingDispatch, ...] = ()) -> int:
+    """Blocks left once running, all queued and pending requests hold their demand."""
+    held = max(inst.num_used_blocks, sum(r.num_blocks for r in inst.running))
+    held += sum(r.num_blocks for r in inst.queued) + sum(p.num_blocks for p in pending)
+    return inst.num_total_blocks - held
+
+
+def pays_headroom(
+    inst: InstanceLoad, pending: tuple[PendingDispatch, ...], priority: Priority
+) -> bool:
+    """True when the instance already reserves `priority`'s headroom (it holds such a
+    request, running or pending), so one more costs only its own blocks."""
+    return any(r.priority == priority for r in inst.running) or any(
+        p.priority == priority for p in pending
+    )
+
+
+def reserves_headroom_for(
+    inst: InstanceLoad, pending: tuple[PendingDispatch, ...], req: NewRequest
+) -> bool:
+    """The high-priority placement rule: a HIGH request prefers an instance that already
+    pays the headroom and physically fits it. Headroom then stays on few instances:
+    spread over many, it makes most of them look overloaded to normal requests, which
+    pile onto the rest and trigger needless migrations."""
+    if req.priority <= Priority.NORMAL or inst.is_draining:
+        return False
+    return pays_headroom(inst, pending, req.priority) and physical_room(inst, pending) >= max(
+        1, req.num_blocks
+    )
 
 
 def dispatch_order(requests: Sequence[NewRequest]) -> list[NewRequest]:
@@ -21,6 +54,7 @@ def dispatch_by_score(
     requests: Sequence[NewRequest],
     score: Scorer,
     base_score: Callable[[InstanceLoad], float] | None = None,
+    prefer: Preference | None = None,
 ) -> list[Dispatch]:
     """Send each request to the best-scoring live instance of its model.
 
@@ -28,7 +62,8 @@ def dispatch_by_score(
     spreads over the cluster instead of landing on one instance. A request with no live
     instance of its model gets no decision (the caller keeps it queued). `base_score`,
     when given, must equal `score(inst, ())` (it may be memoised per report); ties go to
-    the larger instance id.
+    the larger instance id. `prefer`, when given, restricts a request to the instances it
+    accepts whenever there is at least one (see `reserves_headroom_for`).
     """
     pending = {iid: tuple(p) for iid, p in view.pending.items() if p}
     groups = _score_groups(view, pending, score, base_score)
@@ -38,13 +73,33 @@ def dispatch_by_score(
         if group is None:
             continue
         insts, ids, scores = group
-        _, best_id = max(zip(scores, ids, strict=True))
-        index = ids.index(best_id)
+        index = _best(group, pending, req, prefer)
+        best_id = ids[index]
         new = PendingDispatch(req.request_id, req.num_blocks, req.priority)
         pending[best_id] = pending.get(best_id, ()) + (new,)
         scores[index] = score(insts[index], pending[best_id])
         decisions.append(Dispatch(req.request_id, best_id))
     return decisions
+
+
+def _best(
+    group: tuple[list[InstanceLoad], list[str], list[float]],
+    pending: dict[str, tuple[PendingDispatch, ...]],
+    req: NewRequest,
+    prefer: Preference | None,
+) -> int:
+    """Position of the winner in `group`: max (score, id), among preferred ones if any."""
+    insts, ids, scores = group
+    if prefer is not None and req.priority > Priority.NORMAL:
+        liked = [
+            (scores[k], ids[k], k)
+            for k, inst in enumerate(insts)
+            if prefer(inst, pending.get(ids[k], ()), req)
+        ]
+        if liked:
+            return max(liked)[2]
+    _, best_id = max(zip(scores, ids, strict=True))
+    return ids.index(best_id)
 
 
 def _score_groups(

@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from llumctl.policy.decisions import Dispatch, Migrate, ScaleDown, ScaleUp
-from llumctl.policy.dispatch import dispatch_by_score, dispatch_round_robin
+from llumctl.policy.dispatch import (
+    Preference,
+    dispatch_by_score,
+    dispatch_round_robin,
+    reserves_headroom_for,
+)
 from llumctl.policy.freeness import freeness, infaas_load, pooled_freeness
 from llumctl.policy.migration import pair_migrations
 from llumctl.policy.params import PolicyParams
@@ -69,7 +74,13 @@ class Policy:
     def dispatch(self, view: ClusterView, requests: Sequence[NewRequest]) -> list[Dispatch]:
         if self.metric == "round-robin":
             return dispatch_round_robin(view, requests)
-        return dispatch_by_score(view, requests, self.dispatch_score, self._memoised())
+        return dispatch_by_score(
+            view, requests, self.dispatch_score, self._memoised(), self.dispatch_preference()
+        )
+
+    def dispatch_preference(self) -> Preference | None:
+        """The high-priority placement rule, for policies that reserve headroom."""
+        return reserves_headroom_for if self.uses_priority else None
 
     def _memoised(self) -> Callable[[InstanceLoad], float]:
         """`dispatch_score(inst)` memoised on the (immutable) report itself, so a report

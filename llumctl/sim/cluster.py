@@ -17,6 +17,7 @@ from typing import Any
 from llumctl.policy import (
     ClusterView,
     Dispatch,
+    DispatchIndex,
     InstanceLoad,
     Migrate,
     NewRequest,
@@ -48,6 +49,8 @@ class Simulation:
         profile: LatencyProfile,
     ) -> None:
         self.policy = policy
+        # Incremental dispatch (same choices as policy.dispatch); round-robin has none.
+        self._index = None if policy.metric == "round-robin" else DispatchIndex(policy)
         self.config = config
         self.profile = profile
         self.requests = [
@@ -196,7 +199,13 @@ class Simulation:
             )
             for r in reqs
         ]
-        decisions = self.policy.dispatch(self._view(now), new)
+        view = self._view(now)
+        if self._index is None:
+            decisions = self.policy.dispatch(view, new)
+        else:
+            # The fast path: only reports refreshed since the last dispatch are re-scored.
+            self._index.sync(view)
+            decisions = self._index.dispatch(new)
         for decision in decisions:
             self._apply_dispatch(now, decision, by_id.pop(decision.request_id))
         self._waiting.extend(by_id.values())
