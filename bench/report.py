@@ -37,7 +37,8 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
         f"{shape['block_size']} tokens each, max_model_len {shape['max_model_len']}); "
         f"{cfg['requests']} requests, Gamma arrivals at {cfg['rate']} req/s with cv "
         f"{cfg['cv']}, power-law lengths input {cfg['input']} / output {cfg['output']} "
-        "(capped to fit max_model_len). Times in ms.",
+        f"(prompts capped at {cfg['max_prompt']}, outputs at {cfg['max_output']} tokens). "
+        "Times in ms.",
         "",
         "| stack | P50 TTFT | P99 TTFT | P99 TPOT | throughput (req/s) | preemptions | "
         "migrations | errors | load avg |",
@@ -50,6 +51,8 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
             f"| {r['errors']} | {r['load_avg']} |"
         )
     v = sbs["verdict"]
+    if "best_router" not in v:
+        return [*lines, "", "Target: not evaluated (a stack did not run)."]
     lines += [
         "",
         f"Target (llumnix P99 TTFT ≤ 0.5× the best vllm-router policy, throughput no lower): "
