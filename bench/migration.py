@@ -29,8 +29,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "vllm"))
+sys.path.insert(0, str(ROOT))  # so `tests.*` helpers import when run as a script
 
 ENGINE_ARGS = {"num_gpu_blocks_override": 480, "max_model_len": 4608, "dtype": "float32"}
 NUM_RESIDENT = 2
@@ -73,7 +72,7 @@ def _req(rid: str, prompt: list[int], max_tokens: int) -> dict:
 
 
 async def _migrate_one(http, a, b, length: int, mode: str, tag: str, residents) -> dict:
-    from vllm_helpers import prompt_ids, wait_tokens
+    from tests.vllm.vllm_helpers import prompt_ids, wait_tokens
 
     rid = f"{tag}-{mode}-{length}"
     stream = TimedStream()
@@ -114,7 +113,7 @@ def _mean_ms(gaps: list[float]) -> float:
 
 
 async def run(a, b, lengths: list[int], on_row) -> list[dict]:
-    from vllm_helpers import prompt_ids
+    from tests.vllm.vllm_helpers import prompt_ids
 
     rows = []
     async with httpx.AsyncClient(headers=a.headers, timeout=1200) as http:
@@ -170,9 +169,8 @@ def _shown(row: dict) -> dict:
 
 
 def main() -> None:
-    from conftest import CLUSTER_SECRET, launch_instance, stop_instance, wait_ready
-
     from agent.models import cached_model
+    from tests.conftest import CLUSTER_SECRET, launch_instance, stop_instance, wait_ready
 
     p = argparse.ArgumentParser()
     p.add_argument("--lengths", default="256,512,1024,2048,4096")

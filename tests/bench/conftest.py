@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bench_server import BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS
+
+from tests.bench.bench_server import BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS
 
 
 def free_port() -> int:

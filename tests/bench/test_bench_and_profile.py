@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench_server import BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS
 
 from llumctl.sim.profile import LatencyProfile
 from llumctl.sim.workload import parse_trace
+from tests.bench.bench_server import BLOCK_SIZE, MAX_MODEL_LEN, NUM_BLOCKS
 
 try:
     import tomllib

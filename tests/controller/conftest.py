@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import SECRET, AgentProcess, spawn_agent
 
 from llumctl.controller.config import config_from_dict
 from llumctl.controller.launch import ControllerProcess, free_port, spawn_controller
+from tests.controller.cluster_helpers import SECRET, AgentProcess, spawn_agent
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
-from cluster_helpers import SECRET, api, wait_for
 
 from llumctl.protocol import bearer
+from tests.controller.cluster_helpers import SECRET, api, wait_for
 
 GOOD = bearer(SECRET)
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from cluster_helpers import SECRET, add_instances, api, wait_for
 
 from llumctl.protocol import bearer
+from tests.controller.cluster_helpers import SECRET, add_instances, api, wait_for
 
 MODEL = "sim-model"
 

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from cluster_helpers import wait_for
+
+from tests.controller.cluster_helpers import wait_for
 
 pytestmark = pytest.mark.vllm
 

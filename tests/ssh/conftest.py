@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from ssh_hosts import SshEnv, keygen, sshd_binary, start_sshd
+
+from tests.ssh.ssh_hosts import SshEnv, keygen, sshd_binary, start_sshd
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ssh_hosts import SshEnv, free_port
+
+from tests.ssh.ssh_hosts import SshEnv, free_port
 
 pytestmark = pytest.mark.ssh
 

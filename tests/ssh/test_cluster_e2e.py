@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from ssh_hosts import SshEnv, free_port
 
 from llumctl.provision.install import local_wheel
+from tests.ssh.ssh_hosts import SshEnv, free_port
 
 pytestmark = pytest.mark.ssh
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from ssh_hosts import SshEnv, free_port
+
+from tests.ssh.ssh_hosts import SshEnv, free_port
 
 pytestmark = pytest.mark.ssh
 

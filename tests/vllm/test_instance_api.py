@@ -11,7 +11,8 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from vllm_helpers import body, follow, prompt_ids, wait_tokens, wait_until
+
+from tests.vllm.vllm_helpers import body, follow, prompt_ids, wait_tokens, wait_until
 
 pytestmark = pytest.mark.vllm
 

@@ -6,8 +6,9 @@ import asyncio
 
 import httpx
 import pytest
-from conftest import kill_instance, launch_instance, stop_instance, wait_ready
-from vllm_helpers import (
+
+from tests.conftest import kill_instance, launch_instance, stop_instance, wait_ready
+from tests.vllm.vllm_helpers import (
     assert_contiguous,
     body,
     follow,

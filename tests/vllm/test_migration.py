@@ -10,7 +10,8 @@ import asyncio
 
 import httpx
 import pytest
-from vllm_helpers import (
+
+from tests.vllm.vllm_helpers import (
     assert_contiguous,
     body,
     follow,
