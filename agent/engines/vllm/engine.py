@@ -29,9 +29,13 @@ from agent.engines.base import (
 from agent.engines.vllm.client import SnapshotFeed, SocketClient
 from agent.engines.vllm.params import build_engine_args, prepare_request, to_vllm_sampling
 from agent.engines.vllm.sched_side import KEY, MIGRATION, STAGED_TOKENS
+from agent.engines.vllm.text import IncrementalText
 from llumctl.errors import EngineError, MigrationError, NotFoundError
 from llumctl.policy.views import Priority, RequestLoad
 from llumctl.protocol import GenerateRequest
+
+# Prompt tokens that seed the detokeniser (context for the first output token).
+_TEXT_CONTEXT = 6
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +182,11 @@ class VllmEngine(Engine):
         self._live[rid] = live
         params = to_vllm_sampling(request.sampling, len(previous), {KEY: rid, **kv})
         prompt = {"prompt_token_ids": list(request.prompt_token_ids) + list(previous)}
+        # Text from token ids only, seeded with the prompt's tail and any earlier output,
+        # so a resumed request continues exactly the text the source would have produced.
+        text = IncrementalText(
+            self._tokenizer, request.prompt_token_ids[-_TEXT_CONTEXT:], replay_ids=previous
+        )
         try:
             async for out in self._llm.generate(prompt, params, vllm_id):
                 if live.is_stopped:
@@ -187,7 +196,11 @@ class VllmEngine(Engine):
                 live.delivered.extend(tokens)
                 self._num_generated_tokens += len(tokens)
                 reason = comp.finish_reason if out.finished else None
-                yield EngineOutput(tokens, comp.text, finish_reason=reason)
+                delta = text.add(tokens, is_final=reason is not None)
+                if request.sampling.stop:
+                    # vLLM trims a matched stop string from its own text; keep that.
+                    delta = comp.text
+                yield EngineOutput(tokens, delta, finish_reason=reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
