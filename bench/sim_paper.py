@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -31,13 +32,26 @@ METRICS = (
 )
 
 
-def run(name: str, requests: int | None) -> tuple[str, dict[str, object], float]:
+def load_average() -> str:
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.exists() else "?"
+
+
+def run(name: str, requests: int | None) -> tuple[str, dict[str, object], str]:
+    """Run one workload; returns the command, its JSON and a wall/CPU/load note (the
+    machine may be shared, so wall time alone says little)."""
     cmd = ["llumctl", "sim", f"examples/workload-{name}.toml", "--json"]
     if requests:
         cmd += ["--requests", str(requests)]
+    load = load_average()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    return " ".join(cmd), json.loads(done.stdout), time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+    note = f"{wall:.0f} s wall, {used:.0f} s CPU, load average {load} at start, {load_average()} at end"
+    return " ".join(cmd), json.loads(done.stdout), note
 
 
 def fmt(value: object) -> str:
@@ -75,7 +89,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", default=["ll", "priority", "scaling"])
     args = parser.parse_args()
     for name in args.names:
-        cmd, result, wall = run(name, args.requests)
+        cmd, result, note = run(name, args.requests)
         results = result["results"]
         assert isinstance(results, dict)
         lines = [
@@ -83,7 +97,7 @@ def main() -> None:
             "",
             "Ratios are baseline / policy (> 1 means the row's policy is better). Times in s.",
             "",
-            f"`{cmd}` ({wall:.0f} s wall)",
+            f"`{cmd}` ({note})",
             "",
             f"Workload: `{json.dumps(result['workload'], sort_keys=True)}`",
             "",
