@@ -69,11 +69,13 @@ def test_autoscaling_grows_under_load_and_shrinks_by_draining(controller_factory
         done = threading.Event()
         sampler = pool.submit(_sample_sizes, controller, sizes, done)
         bursts = [pool.submit(burst, i) for i in range(40)]
-        # Long requests started once the cluster has grown: they spread over the new
-        # instances and are still running when the load falls and the cluster shrinks.
         wait_for(lambda: len(_live(controller)) >= 3, timeout_s=120, what="growth")
-        tails = [pool.submit(tail, i) for i in range(3)]
         burst_results = [b.result() for b in bursts]
+        # Long requests sent once the burst is over: the grown cluster is idle, so they
+        # spread over its instances (sent during the burst they would all go to the one
+        # new, empty instance) and are still running when the cluster shrinks, so the
+        # drained instances must migrate them out.
+        tails = [pool.submit(tail, i) for i in range(3)]
         tail_results = [t.result() for t in tails]
         done.set()
         sampler.result()
