@@ -46,11 +46,16 @@ async def _reserved(http, url) -> bool:
     return (await load_of(http, url))["num_migrating_in"] == 1
 
 
+# Long enough to outlast the pre-copy pause even on an idle machine (the tiny model
+# decodes several hundred tokens/s), so the request is still running when the kill lands.
+NUM_KILL_DST_TOKENS = 1500
+
+
 async def test_destination_killed_mid_migration(vllm_instances, doomed, http):
     src, dst = vllm_instances[0], doomed[0]
     prompt = prompt_ids(300, seed=21)
-    ref = await follow(http, src.url, body("kill-dst-ref", prompt, 150))
-    task = asyncio.create_task(follow(http, src.url, body("kill-dst", prompt, 150)))
+    ref = await follow(http, src.url, body("kill-dst-ref", prompt, NUM_KILL_DST_TOKENS))
+    task = asyncio.create_task(follow(http, src.url, body("kill-dst", prompt, NUM_KILL_DST_TOKENS)))
     await wait_tokens(http, src.url, "kill-dst", 5)
     # Pre-copy pauses 3 s after its first stage; the destination dies meanwhile.
     mig = asyncio.create_task(migrate(http, src, dst, ["kill-dst"], debug_pause_s=3))
@@ -62,7 +67,7 @@ async def test_destination_killed_mid_migration(vllm_instances, doomed, http):
     assert result["status"] == "aborted", result
     assert result["reason"] in ("transfer-failed", "dst-unreachable", "dst-failed"), result
     assert [e["type"] for e in trace.ends] == ["finished"]
-    assert_contiguous(trace, 150)
+    assert_contiguous(trace, NUM_KILL_DST_TOKENS)
     assert trace.tokens == ref.tokens
 
 
