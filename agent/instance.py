@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -179,6 +180,7 @@ async def serve(args: argparse.Namespace) -> None:
     except ValueError:
         raise InputError("--engine-args must be a JSON object") from None
     base = f"/instances/{args.instance_id}"
+    sock = _bind(args.host, args.port)
     instance = Instance(
         args.instance_id,
         VllmEngine(args.model, engine_args),
@@ -193,9 +195,23 @@ async def serve(args: argparse.Namespace) -> None:
     root.mount(base, create_app(instance))
     config = uvicorn.Config(root, host=args.host, port=args.port, log_level="warning")
     try:
-        await uvicorn.Server(config).serve()
+        await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         await instance.shutdown()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Take the API port before the engine loads (tens of seconds), so that a port that was
+    free when the caller chose it cannot be taken meanwhile, and a clash fails at once.
+    Serving (listen) starts only when the engine is ready: until then connections are refused."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def main(argv: list[str] | None = None) -> None:

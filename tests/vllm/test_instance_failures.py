@@ -23,7 +23,7 @@ pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
-def doomed(vllm_instances, tiny_model_dir, cluster_secret, instance_log_dir):
+def doomed(vllm_pair, tiny_model_dir, cluster_secret, instance_log_dir):
     """Two extra instances, started together (one per kill test)."""
     procs = [
         launch_instance(tiny_model_dir, f"doomed{i}", cluster_secret, instance_log_dir)
@@ -73,7 +73,7 @@ async def test_destination_killed_mid_migration(vllm_instances, doomed, http):
 
 async def test_source_killed_mid_migration(vllm_instances, doomed, http):
     src, dst = doomed[1], vllm_instances[1]
-    task = asyncio.create_task(follow(http, src.url, body("kill-src", prompt_ids(300, 22), 400)))
+    task = asyncio.create_task(follow(http, src.url, body("kill-src", prompt_ids(300, 22), 1500)))
     await wait_tokens(http, src.url, "kill-src", 5)
     mig = asyncio.create_task(migrate(http, src, dst, ["kill-src"], debug_pause_s=60))
     await wait_until(lambda: _reserved(http, dst.url), "reservation on the destination")

@@ -44,7 +44,7 @@ async def _migrated_vs_reference(http, src, dst, prompt, max_tokens, at, mode, t
 
 
 @pytest.mark.parametrize(
-    ("num_prompt", "max_tokens", "at"), [(40, 120, 5), (1100, 100, 5)], ids=["short", "long"]
+    ("num_prompt", "max_tokens", "at"), [(40, 1000, 5), (1100, 900, 5)], ids=["short", "long"]
 )
 async def test_live_migration_mid_decode_is_exact(vllm_instances, http, num_prompt, max_tokens, at):
     src, dst = vllm_instances
@@ -72,11 +72,11 @@ async def test_recompute_migration_is_exact(vllm_instances, http):
     src, dst = vllm_instances
     prompt = prompt_ids(200, seed=7)
     ref, trace, result = await _migrated_vs_reference(
-        http, src, dst, prompt, 150, 5, "recompute", "recompute"
+        http, src, dst, prompt, 1000, 5, "recompute", "recompute"
     )
     assert result["status"] == "committed" and result["mode"] == "recompute", result
     assert result["num_blocks"] == 0
-    assert_contiguous(trace, 150)
+    assert_contiguous(trace, 1000)
     assert trace.tokens == ref.tokens
 
 
@@ -101,9 +101,11 @@ async def test_concurrent_migrations_both_directions(vllm_instances, http):
     a_to_b = migrate(http, a, b, ["conc0", "conc2"])
     b_to_a = migrate(http, b, a, ["conc1", "conc3"])
     responses = await asyncio.gather(a_to_b, b_to_a)
-    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    results = [r.text for r in responses]
+    seen = {i.instance_id: (await http.get(f"{i.url}/requests")).json() for i in (a, b)}
+    assert [r.status_code for r in responses] == [200, 200], (results, seen)
     results = [r for resp in responses for r in resp.json()["results"]]
-    assert sorted(r["status"] for r in results) == ["committed"] * 4, results
+    assert sorted(r["status"] for r in results) == ["committed"] * 4, (results, seen)
     moved = {"conc0": b, "conc1": a, "conc2": b, "conc3": a}
     for rid in prompts:
         where = moved.get(rid, home[rid])
@@ -141,17 +143,17 @@ async def test_destination_without_room_refuses(vllm_instances, http):
         asyncio.create_task(follow(http, dst.url, body(f"fill{i}", prompt_ids(1400, 200 + i), 500)))
         for i in range(3)
     ]
-    for i in range(3):
-        await wait_tokens(http, dst.url, f"fill{i}", 1)
-    prompt = prompt_ids(1000, seed=12)
-    task = asyncio.create_task(follow(http, src.url, body("noroom", prompt, 40)))
-    await wait_tokens(http, src.url, "noroom", 3)
 
     async def is_full() -> bool:
         return (await load_of(http, dst.url))["num_used_blocks"] >= 130
 
     await wait_until(is_full, "destination full")
+    # Long enough that it is still decoding when the migration is asked for, on any machine.
+    prompt = prompt_ids(1000, seed=12)
+    task = asyncio.create_task(follow(http, src.url, body("noroom", prompt, 900)))
+    await wait_tokens(http, src.url, "noroom", 3)
     resp = await migrate(http, src, dst, ["noroom"])
+    assert resp.status_code == 200, resp.text
     (result,) = resp.json()["results"]
     for i in range(3):
         await http.post(f"{dst.url}/requests/fill{i}/abort")
@@ -159,8 +161,8 @@ async def test_destination_without_room_refuses(vllm_instances, http):
     await asyncio.gather(*fillers)
     assert result["status"] == "aborted" and result["reason"] == "no-room", result
     assert [e["type"] for e in trace.ends] == ["finished"]
-    assert_contiguous(trace, 40)
-    ref = await follow(http, src.url, body("noroom-ref", prompt, 40))
+    assert_contiguous(trace, 900)
+    ref = await follow(http, src.url, body("noroom-ref", prompt, 900))
     assert trace.tokens == ref.tokens
 
 
