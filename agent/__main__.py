@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from agent.agent_config import agent_config, load_agent_config
 from llumctl.errors import LlumctlError
+from llumctl.logsetup import setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-instances", type=int, dest="max_instances")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     try:
         if args.config:
             config = load_agent_config(args.config, **overrides)

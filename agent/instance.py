@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agent.runtime import Instance
 from agent.streams import RequestStream
 from llumctl.errors import AuthError, InputError, LlumctlError
+from llumctl.logsetup import setup_logging
 from llumctl.protocol import GenerateRequest, from_json_dict, to_json_dict
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     try:
         asyncio.run(serve(_parse(sys.argv[1:] if argv is None else argv)))
     except LlumctlError as exc:

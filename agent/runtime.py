@@ -56,6 +56,7 @@ class Instance:
         self.transport = transport or TcpTransport(secret, host)
         self.controller_url = controller_url
         self.report_period_s = report_period_s
+        self._report_failing = False
         self.selector = selector
         self.streams = StreamRegistry()
         self.records: dict[str, RequestRecord] = {}
@@ -206,7 +207,14 @@ class Instance:
         try:
             await http.post(f"{self.controller_url}/internal/load", json=to_json_dict(report))
         except httpx.HTTPError as exc:
-            log.warning("load report to %s failed: %r", self.controller_url, exc)
+            # Once per outage, not once per report (ten a second while the controller is down).
+            if not self._report_failing:
+                log.warning("load reports to %s failing: %r", self.controller_url, exc)
+            self._report_failing = True
+        else:
+            if self._report_failing:
+                log.info("load reports to %s delivered again", self.controller_url)
+            self._report_failing = False
 
     # ---- migration -----------------------------------------------------------------
     async def migrate_out(self, body: dict[str, Any]) -> list[MigrationResult]:

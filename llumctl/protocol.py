@@ -57,6 +57,10 @@ class SamplingParams:
             return "seeded-sampling"
         if self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0:
             return "output-token-penalties"
+        if self.stop:
+            # The engine matches stop strings on the text it decoded itself; a resumed
+            # request would miss one that spans the splice.
+            return "stop-strings"
         return None
 
 

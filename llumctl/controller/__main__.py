@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from llumctl.controller.config import ControllerConfig, config_from_dict, load_config
 from llumctl.errors import LlumctlError
+from llumctl.logsetup import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> ControllerConfig:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from llumctl.controller.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     try:
         config = parse_args(argv)
     except LlumctlError as exc:

@@ -184,8 +184,9 @@ async def test_unknown_and_finished_requests_give_clear_errors(vllm_instances, h
         ({"seed": 5, "temperature": 0.8}, "seeded-sampling"),
         ({"presence_penalty": 0.5}, "output-token-penalties"),
         ({"repetition_penalty": 1.2}, "output-token-penalties"),
+        ({"stop": ["never-produced"]}, "stop-strings"),
     ],
-    ids=["n2", "seed", "presence", "repetition"],
+    ids=["n2", "seed", "presence", "repetition", "stop"],
 )
 async def test_uncarried_sampling_state_is_refused(vllm_instances, http, sampling, reason):
     src, dst = vllm_instances
