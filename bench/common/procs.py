@@ -18,6 +18,10 @@ import httpx
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    # One OpenMP thread per engine: unbound, each engine's worker would start one spinning
+    # thread per core, and N engines on a 2-core machine then spend their steps fighting
+    # over the cores (decode steps of hundreds of ms for a model that needs a few).
+    "OMP_NUM_THREADS": "1",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
