@@ -14,12 +14,11 @@ suffixes the request ids it is given.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from typing import Any
 
-from agent.engines.vllm.wire import recv_frame, send_frame
+from agent.engines.vllm.wire import recv_frame, send_frame, serve_unix
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class SchedulerSide:
         self._snapshot: dict[str, Any] = {
             "seq": 0, "free": num_total_blocks, "total": num_total_blocks, "requests": [], "held": {},
         }  # fmt: skip
-        self._serve(socket_path)
+        serve_unix(socket_path, self._handle)
 
     # ---- vLLM hooks ----------------------------------------------------------------
     def on_new_request(self, request: Any) -> None:
@@ -141,19 +140,6 @@ class SchedulerSide:
             self._cond.notify_all()
 
     # ---- control socket ------------------------------------------------------------
-    def _serve(self, path: str) -> None:
-        if os.path.exists(path):
-            os.unlink(path)
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(path)
-        server.listen(8)
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            conn, _ = server.accept()
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
     def _handle(self, conn: socket.socket) -> None:
         try:
             while True:

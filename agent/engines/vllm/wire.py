@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import struct
+import threading
+from collections.abc import Callable
 from typing import Any
 
 _PREFIX = struct.Struct(">IQ")
@@ -60,3 +63,20 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byte
     header = json.loads(await reader.readexactly(head_len))
     payload = await reader.readexactly(body_len) if body_len else b""
     return header, payload
+
+
+def serve_unix(path: str, handle: Callable[[socket.socket], None]) -> None:
+    """Accept connections on a Unix socket at `path`, each handled on its own daemon thread
+    (the engine-side connector halves run inside vLLM's processes, which own no event loop)."""
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+
+    def accept() -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()

@@ -16,12 +16,11 @@ on the attention backend's layout, only on both engines having the same one (fin
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from typing import Any
 
-from agent.engines.vllm.wire import recv_frame, send_frame
+from agent.engines.vllm.wire import recv_frame, send_frame, serve_unix
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class WorkerSide:
         shape = self._layers[0][1].shape
         # The block axis is the one sized num_blocks (the first such, scanning from the left).
         self._block_dim = next(d for d, n in enumerate(shape) if n == self.num_blocks)
-        self._serve(self._socket_path)
+        serve_unix(self._socket_path, self._handle)
 
     def info(self) -> dict[str, Any]:
         tensor = self._layers[0][1]
@@ -118,19 +117,6 @@ class WorkerSide:
         return done or None
 
     # ---- data socket ---------------------------------------------------------------
-    def _serve(self, path: str) -> None:
-        if os.path.exists(path):
-            os.unlink(path)
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(path)
-        server.listen(8)
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            conn, _ = server.accept()
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
     def _handle(self, conn: socket.socket) -> None:
         try:
             while True:
