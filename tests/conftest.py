@@ -78,6 +78,9 @@ def launch_instance(
         "LLUMCTL_SECRET": secret,
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        # Two to four engines share the CI machine's cores: more OpenMP threads than cores
+        # makes every decode step wait on spinning threads of the other engines.
+        "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
     args = {**INSTANCE_ENGINE_ARGS, **engine_args}

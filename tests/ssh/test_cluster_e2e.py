@@ -75,7 +75,7 @@ ssh_key = "{env.key}"
 workdir = "{root}/hosta work"
 agent_port = {free_port()}
 devices = ["cpu"]
-env = {{ VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", HF_HUB_OFFLINE = "1" }}
+env = {{ VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", OMP_NUM_THREADS = "1", HF_HUB_OFFLINE = "1" }}
 [[hosts.instances]]
 engine = "sim"
 model = "{SIM_MODEL}"
