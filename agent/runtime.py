@@ -184,7 +184,8 @@ class Instance:
         )
 
     def report(self, tokens_per_s: float = 0.0) -> LoadReport:
-        return LoadReport(self.info(), self.load(), tokens_per_s)
+        total = self.engine.load().num_preemptions_total
+        return LoadReport(self.info(), self.load(), tokens_per_s, total)
 
     async def _report_loop(self) -> None:
         """Push the load to the controller on change and at least every report period."""

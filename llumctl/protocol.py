@@ -140,6 +140,8 @@ class LoadReport:
     load: InstanceLoad
     # Tokens generated per second over the last report period.
     tokens_per_s: float = 0.0
+    # Preemptions since the engine started (a counter; -1 = the engine does not count).
+    num_preemptions_total: int = -1
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class EngineLoad:
     num_preempted: int
     # Output tokens produced since the engine started (for tokens/s).
     num_generated_tokens: int = 0
+    # Preemptions since the engine started (a counter: short ones count too).
+    num_preemptions_total: int = 0
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,9 @@ def register(app: FastAPI, ctrl: Controller) -> None:
             raise InputError(f"bad load report: {exc}") from None
         if report.info.state in ("failed", "stopped"):
             return {"ok": True}
-        if ctrl.state.apply_load(report.info, report.load, report.tokens_per_s):
+        if ctrl.state.apply_load(
+            report.info, report.load, report.tokens_per_s, report.num_preemptions_total
+        ):
             ctrl.events.add(
                 ev.INSTANCE_UP,
                 instance=report.info.instance_id,

@@ -45,9 +45,12 @@ class InstanceEntry:
     num_inflight_out: int = 0
     num_inflight_in: int = 0
     tokens_per_s: float = 0.0
-    # Preemptions seen in reports: the sum of rises of `num_preempted` between reports
-    # (a preemption undone within one report period is not seen).
+    # Preemptions since this controller first heard from the instance: rises of the
+    # engine's own counter; for engines without one, rises of `num_preempted` between
+    # reports (then a preemption undone within one report period is not seen).
     num_preemptions_observed: int = 0
+    # The engine's preemption counter at its last report (None before the first).
+    preemptions_total_seen: int | None = None
 
     @property
     def id(self) -> str:
@@ -162,14 +165,28 @@ class ClusterState:
                 ids.discard(info.instance_id)
         return entry
 
-    def apply_load(self, info: InstanceInfo, load: InstanceLoad, tokens_per_s: float) -> bool:
+    def apply_load(
+        self,
+        info: InstanceInfo,
+        load: InstanceLoad,
+        tokens_per_s: float,
+        num_preemptions_total: int = -1,
+    ) -> bool:
         """Record a load report; True if the instance was not known before."""
         if self._is_tombstoned(info.instance_id):
             return False  # a late report from an instance we just stopped
         is_new = info.instance_id not in self.instances
         entry = self.upsert_info(info)
-        before = entry.load.num_preempted if entry.load is not None else 0
-        entry.num_preemptions_observed += max(0, load.num_preempted - before)
+        if num_preemptions_total >= 0:
+            # The engine's own counter: count its rises since this controller first heard
+            # from the instance (a lower value means the engine restarted).
+            last = entry.preemptions_total_seen
+            if last is not None and num_preemptions_total >= last:
+                entry.num_preemptions_observed += num_preemptions_total - last
+            entry.preemptions_total_seen = num_preemptions_total
+        else:
+            before = entry.load.num_preempted if entry.load is not None else 0
+            entry.num_preemptions_observed += max(0, load.num_preempted - before)
         entry.load = replace(load, model=entry.info.model, timestamp=time.monotonic())
         entry.last_report = time.monotonic()
         entry.tokens_per_s = tokens_per_s

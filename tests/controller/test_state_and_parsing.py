@@ -103,6 +103,16 @@ def test_preemptions_observed_add_up_rises_only():
     assert state.instances["i"].num_preemptions_observed == 4
 
 
+def test_preemptions_follow_the_engine_counter_from_the_first_report():
+    state = ClusterState()
+    # 5 preemptions before this controller heard of the instance are not its to count; a
+    # short preemption (never visible in a report's queue) still moves the counter; a
+    # lower counter means the engine restarted and becomes the new baseline.
+    for total in (5, 5, 7, 8, 2, 4):
+        state.apply_load(_info("i"), _load("i", preempted=0), 0.0, num_preemptions_total=total)
+    assert state.instances["i"].num_preemptions_observed == 3 + 2
+
+
 def test_a_stopped_instance_does_not_come_back_from_late_reports():
     state = ClusterState()
     agent = AgentEntry("ag", "http://ag", "h")

@@ -186,6 +186,7 @@ class SimEngine(Engine):
             view.queued,
             view.num_preempted,
             self._num_generated,
+            self._sim.num_preempted_total,
         )
 
     # ---- the step loop ---------------------------------------------------------------

@@ -239,8 +239,9 @@ class VllmEngine(Engine):
                 num_preempted += row["status"] == "PREEMPTED"
         used = snap["total"] - snap["free"] + sum(self._reserved.values())
         return EngineLoad(
-            used, tuple(running), tuple(queued), num_preempted, self._num_generated_tokens
-        )
+            used, tuple(running), tuple(queued), num_preempted, self._num_generated_tokens,
+            snap.get("preemptions", 0),
+        )  # fmt: skip
 
     # ---- source side of a migration -------------------------------------------------
     def _running_row(self, request_id: str) -> dict[str, Any]:

@@ -47,8 +47,13 @@ class SchedulerSide:
         self._computed_at_match: dict[str, int] = {}
         self._loaded: set[str] = set()
         self._loads: list[dict[str, Any]] = []
+        # Preemptions counted from each request's own counter at every step (a preemption
+        # lasts at least one step, so none is missed between two snapshots).
+        self._preemptions_seen: dict[str, int] = {}
+        self._num_preemptions = 0
         self._snapshot: dict[str, Any] = {
-            "seq": 0, "free": num_total_blocks, "total": num_total_blocks, "requests": [], "held": {},
+            "seq": 0, "free": num_total_blocks, "total": num_total_blocks, "requests": [],
+            "held": {}, "preemptions": 0,
         }  # fmt: skip
         serve_unix(socket_path, self._handle)
 
@@ -130,12 +135,17 @@ class SchedulerSide:
         free = self.kv_cache_manager.block_pool.get_num_free_blocks()
         with self._lock:
             rows = [self._request_row(rid, r) for rid, r in self._requests.items()]
+            seen = {row["id"]: row["preemptions"] for row in rows}
+            for rid, count in seen.items():
+                self._num_preemptions += max(0, count - self._preemptions_seen.get(rid, 0))
+            self._preemptions_seen = seen
             self._snapshot = {
                 "seq": self._snapshot["seq"] + 1,
                 "free": free,
                 "total": self.num_total_blocks,
                 "requests": rows,
                 "held": {k: ids for k, (_, ids) in self._held.items()},
+                "preemptions": self._num_preemptions,
             }
             self._cond.notify_all()
 
