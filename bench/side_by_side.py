@@ -219,6 +219,9 @@ def write_markdown(results: dict[str, Any], machine: dict[str, Any], cfg: SideBy
         f"vllm-router {machine['vllm_router']}; load average at start {start}, at end {end}.",
         "",
     ]
+    if machine.get("uncommitted_code"):
+        dirty = ", ".join(f"`{f}`" for f in machine["uncommitted_code"])
+        head[-1:] = [f"Uncommitted changes in the tree at the start: {dirty}.", ""]
     path = RESULTS / "side_by_side.md"
     path.write_text("\n".join([*head, *side_by_side_section(suite), ""]))
     return path

