@@ -4,7 +4,7 @@ Runs the workload files in examples/ through `llumctl sim --json` and writes
 bench/results/sim_paper_<NAME>.md: one table per experiment (policy x metric, with ratios vs
 INFaaS++ and round-robin where those ran). Everything here is SIMULATED.
 
-Run: python bench/sim_paper.py [--requests N] [NAME ...]   (NAME: ll, mm, ss, sl, ls,
+Run: python bench/sim_paper.py [--requests N] [NAME ...]   (NAME: ll, ll-saturated, mm, ss, sl, ls,
 priority, scaling; default: ll priority scaling)
 """
 
@@ -96,6 +96,8 @@ def main() -> None:
             f"# Paper reproduction, {name} (SIMULATED: LLaMA-7B/A10 profile)",
             "",
             "Ratios are baseline / policy (> 1 means the row's policy is better). Times in s.",
+            "What the numbers mean and why (tail analysis, misses): docs/simulator.md,",
+            '"Paper reproduction".',
             "",
             f"`{cmd}` ({note})",
             "",

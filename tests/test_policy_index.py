@@ -141,6 +141,23 @@ def test_high_request_skips_a_reserving_instance_without_physical_room() -> None
     assert get_policy("llumnix").dispatch(view, [high])[0].instance_id == "b"
 
 
+def test_high_request_skips_a_reserving_instance_where_high_requests_wait() -> None:
+    """A HIGH request would queue behind the waiting HIGH one (and its prefill); a
+    waiting normal request does not hold it back (HIGH is admitted first)."""
+    waiting_high = (RequestLoad("a-q", 5, Priority.HIGH, is_decoding=False),)
+    busy = InstanceLoad("a", 800, 50, running=(_high("a", 50),), queued=waiting_high)
+    view = ClusterView((busy, InstanceLoad("b", 800, 0)))
+    high = NewRequest("h", 20, Priority.HIGH)
+    policy = get_policy("llumnix")
+    assert policy.dispatch(view, [high])[0].instance_id == "b"
+    index = DispatchIndex(policy)
+    index.sync(view)
+    assert index.choose(high) == "b"
+    waiting_normal = (RequestLoad("a-q", 5, is_decoding=False),)
+    calm = InstanceLoad("a", 800, 50, running=(_high("a", 50),), queued=waiting_normal)
+    assert policy.dispatch(ClusterView((calm, view.instances[1])), [high])[0].instance_id == "a"
+
+
 def test_a_burst_of_high_requests_stays_on_one_instance_while_it_fits() -> None:
     view = ClusterView(tuple(InstanceLoad(f"i{n}", 800, 0) for n in range(4)))
     burst = [NewRequest(f"h{k}", 100, Priority.HIGH, arrival_time=k) for k in range(10)]

@@ -17,6 +17,7 @@ from llumctl.policy import (
     RequestLoad,
     freeness,
     get_policy,
+    infaas_load,
 )
 
 requests = st.lists(
@@ -92,6 +93,29 @@ def test_head_of_line_rule_only_the_first_queued_request_counts(
         queued=(grown,) + inst.queued[1:],
     )
     assert freeness(changed) < freeness(inst)
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances(), st.integers(1, 300), st.booleans())
+def test_dispatch_load_counts_every_queued_request(
+    inst: InstanceLoad, blocks: int, uses_priority: bool
+) -> None:
+    # The published Llumnix's dispatch load: (free - all queued demand) / (running +
+    # queued); a queued request counts like a pending one, so one more never helps.
+    extra = RequestLoad("late", blocks, is_decoding=False)
+    longer = InstanceLoad(
+        inst.instance_id,
+        inst.num_total_blocks,
+        inst.num_used_blocks,
+        running=inst.running,
+        queued=inst.queued + (extra,),
+    )
+    kw = {"uses_priority": uses_priority, "counts_all_queued": True}
+    assert freeness(longer, **kw) <= freeness(inst, **kw)
+    as_pending = PendingDispatch("late", blocks)
+    assert freeness(longer, **kw) == freeness(inst, (as_pending,), **kw)
+    if not uses_priority:
+        assert freeness(inst, **kw) == infaas_load(inst)
 
 
 @settings(max_examples=100, deadline=None)

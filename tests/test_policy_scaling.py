@@ -48,12 +48,13 @@ def test_dispatch_memo_is_kept_apart_per_policy_parameters() -> None:
     # "a" has a long queue behind a small head; "all" queued demand makes "b" the choice.
     queued = tuple(RequestLoad(f"q{k}", 100, is_decoding=False) for k in range(5))
     a = InstanceLoad("a", 850, 300, running=(RequestLoad("r", 300),), queued=queued)
-    # Freeness with the new request: a = 449 / 3 (head) or 49 / 3 (all); b = 349 / 3.
+    # Freeness: a = 450 / 2 (head) or 50 / 6 (all: every queued request's demand and
+    # count, the default); b = 350 / 2.
     b = InstanceLoad("b", 850, 500, running=(RequestLoad("s", 250), RequestLoad("t", 250)))
     view = ClusterView((a, b))
     req = [NewRequest("new", 10)]
-    head = get_policy("llumnix")
-    every = get_policy("llumnix", PolicyParams(dispatch_queued_demand="all"))
+    head = get_policy("llumnix", PolicyParams(dispatch_queued_demand="head"))
+    every = get_policy("llumnix")
     for _ in range(2):  # the second round reads the memo
         assert head.dispatch(view, req)[0].instance_id == "a"
         assert every.dispatch(view, req)[0].instance_id == "b"

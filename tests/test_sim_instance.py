@@ -81,6 +81,27 @@ def test_newest_request_is_preempted_and_recomputed_when_blocks_run_out() -> Non
     assert [r.request_id for r in done] == ["old", "new"]
 
 
+def test_the_latest_arrival_is_preempted_not_the_latest_admitted() -> None:
+    # "early" arrived first but joined last (as after a recompute or a migration in); the
+    # paper's engine orders its running list by arrival, so "late" is the victim.
+    inst = SimInstance("i", SMALL)
+    late = SimRequest("late", prompt_tokens=100, output_tokens=150, arrival_time=5.0)
+    early = SimRequest("early", prompt_tokens=100, output_tokens=150, arrival_time=1.0)
+    inst.add(late)
+    inst.step()
+    inst.add(early)
+    inst.step()
+    assert early.admitted_seq > late.admitted_seq
+    preempted: list[SimRequest] = []
+    for _ in range(60):
+        result = inst.step()
+        assert result is not None
+        preempted.extend(result.preempted)
+        if preempted:
+            break
+    assert preempted == [late] and early.state == RUNNING
+
+
 def test_head_of_line_blocks_the_queue_fcfs() -> None:
     inst = SimInstance("i", SMALL)
     inst.add(SimRequest("big", prompt_tokens=300, output_tokens=50))

@@ -34,10 +34,16 @@ def reserves_headroom_for(
     inst: InstanceLoad, pending: tuple[PendingDispatch, ...], req: NewRequest
 ) -> bool:
     """The high-priority placement rule: a HIGH request prefers an instance that already
-    pays the headroom and physically fits it. Headroom then stays on few instances:
-    spread over many, it makes most of them look overloaded to normal requests, which
-    pile onto the rest and trigger needless migrations."""
+    pays the headroom, physically fits it and has no request of its priority (or higher)
+    waiting in its last report. Headroom then stays on few instances: spread over many,
+    it makes most of them look overloaded to normal requests, which pile onto the rest
+    and trigger needless migrations. But a HIGH request must not queue behind other HIGH
+    ones there (it would wait for their prefills): then it takes the best score. Pending
+    dispatches do not count as waiting, so a burst decided together still shares one
+    instance (and is admitted in one step)."""
     if req.priority <= Priority.NORMAL or inst.is_draining:
+        return False
+    if any(q.priority >= req.priority for q in inst.queued):
         return False
     return pays_headroom(inst, pending, req.priority) and physical_room(inst, pending) >= max(
         1, req.num_blocks

@@ -15,6 +15,12 @@ Virtual usage of a request:
   other queued requests: 0;
 - a request dispatched after the last report (pending): its demand, and it counts in B,
   so a burst does not pile onto the instance that looked freest a moment ago;
+- for dispatch (`counts_all_queued`, the default `dispatch_queued_demand = "all"`): every
+  queued request counts its demand and +1 in B, like a pending one. This is the published
+  Llumnix's dispatch load ((free - all waiting blocks) / (running + waiting)); the
+  head-of-line rule above is its migration (de-fragmentation) load. Without it a queued
+  request stops counting once a report shows it, and arrivals pile onto an instance that
+  looks free while it runs a long prefill;
 - any request on a draining instance: infinite, so F = -inf.
 
 Why negative free capacity is not divided by B: with M - ΣV < 0 the paper's quotient
@@ -57,7 +63,7 @@ def virtual_usage(
     """ΣV of an instance in blocks (infinite when draining).
 
     `counts_all_queued` replaces the head-of-line rule by the demand of every queued
-    request (used for dispatch with `dispatch_queued_demand = "all"`).
+    request (dispatch with `dispatch_queued_demand = "all"`, the default).
     """
     if inst.is_draining:
         return INFINITE_USAGE
@@ -78,9 +84,11 @@ def virtual_usage(
     return usage
 
 
-def batch_size(inst: InstanceLoad, num_pending: int = 0) -> int:
-    """B: running requests plus one if any is queued, plus pending dispatches."""
-    return len(inst.running) + (1 if inst.queued else 0) + num_pending
+def batch_size(inst: InstanceLoad, num_pending: int = 0, *, counts_all_queued: bool = False) -> int:
+    """B: running requests plus one if any is queued (every queued one when
+    `counts_all_queued`), plus pending dispatches."""
+    num_queued = len(inst.queued) if counts_all_queued else min(1, len(inst.queued))
+    return len(inst.running) + num_queued + num_pending
 
 
 def freeness(
@@ -105,7 +113,7 @@ def freeness(
     spare = inst.num_total_blocks - usage
     if spare < 0:
         return spare
-    return spare / max(1, batch_size(inst, len(pending)))
+    return spare / max(1, batch_size(inst, len(pending), counts_all_queued=counts_all_queued))
 
 
 def infaas_load(inst: InstanceLoad, pending: Iterable[PendingDispatch] = ()) -> float:

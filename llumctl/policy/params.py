@@ -21,10 +21,11 @@ class PolicyParams:
     requests_per_migration: int = 1
     # Migrations a single instance may run at once (in either role).
     max_migrations_per_instance: int = 2
-    # Queued demand a dispatch decision counts: "head" (the paper's virtual usage: only
-    # the head-of-line request) or "all" (every queued request, since a new request
-    # waits behind all of them). Migration and scaling always use the head-of-line rule.
-    dispatch_queued_demand: str = "head"
+    # Queued requests a dispatch decision counts: "all" (each one's demand and +1 in B,
+    # like a pending dispatch, as the published Llumnix's dispatch load: a new request
+    # waits behind all of them) or "head" (the virtual usage of migration: only the
+    # head-of-line request). Migration and scaling always use the head-of-line rule.
+    dispatch_queued_demand: str = "all"
     # Priority headroom: an instance holding high-priority requests reserves all but this
     # many tokens of KV for them (paper: ~1,600 tokens on a 13.6k-token A10 instance).
     high_priority_kv_budget_tokens: int = 1600

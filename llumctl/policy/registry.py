@@ -59,8 +59,8 @@ class Policy:
     def dispatch_score(
         self, inst: InstanceLoad, pending: tuple[PendingDispatch, ...] = ()
     ) -> float:
-        """The score dispatch maximises: `score`, with all queued demand counted when
-        `params.dispatch_queued_demand == "all"`."""
+        """The score dispatch maximises: `score`, with every queued request counted
+        (demand and batch size) when `params.dispatch_queued_demand == "all"` (default)."""
         if self.metric == "infaas" or self.params.dispatch_queued_demand != "all":
             return self.score(inst, pending)
         return freeness(

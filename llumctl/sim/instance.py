@@ -13,7 +13,7 @@ API (all times are the caller's; the instance only returns durations):
     inst.load(now)                # the `InstanceLoad` view for the policy
 
 A step: (1) every running request needs a slot for its next token; a request whose KV
-fills its last block needs a new block, and when blocks run out the newest running
+fills its last block needs a new block, and when blocks run out the latest-arrived running
 request (lowest priority first) is preempted: its blocks are freed and it goes back to
 the head of its queue to be recomputed; (2) if nothing was preempted, queued requests
 are admitted in order (higher priority first, FCFS within) while the token budget, the
@@ -128,7 +128,6 @@ class SimInstance:
         self._bs = profile.block_size_tokens
         self._step = 0
         self._running: list[SimRequest] = []
-        self._num_high_running = 0
         # Running requests by (kv_at_join - join_step) mod block size.
         self._residue = [0] * self._bs
         self._finish_heap: list[tuple[int, int, int, SimRequest]] = []
@@ -241,8 +240,6 @@ class SimInstance:
         self._admitted += 1
         req.admitted_seq = self._admitted
         self._running.append(req)
-        if req.priority > 0:
-            self._num_high_running += 1
         self._residue[(kv_tokens - self._step) % self._bs] += 1
         self._resident_tokens += kv_tokens
         finish_step = self._step + (req.output_tokens - num_generated)
@@ -258,21 +255,19 @@ class SimInstance:
             self._running.pop()
         else:
             self._running.remove(req)
-        if req.priority > 0:
-            self._num_high_running -= 1
         self._residue[(req.kv_at_join - req.join_step) % self._bs] -= 1
         self._resident_tokens -= kv
         return kv
 
     def _victim(self) -> SimRequest:
-        """The request vLLM preempts first: lowest priority, most recently admitted."""
-        if not self._num_high_running:
-            return self._running[-1]
-        lowest = min(r.priority for r in self._running)
-        for req in reversed(self._running):
-            if req.priority == lowest:
-                return req
-        raise AssertionError("no victim")
+        """The request vLLM preempts first: lowest priority, latest arrival.
+
+        The paper's engine (vLLM of 2023, FCFS) keeps its running list sorted by arrival
+        time and preempts from the end, so a request that joined late because it was
+        recomputed or migrated in keeps its place by age. Preempting it instead (it holds
+        a long context) made the next recompute a long prefill step.
+        """
+        return max(self._running, key=lambda r: (-r.priority, r.arrival_time, r.admitted_seq))
 
     # ---- the step ---------------------------------------------------------------------
     def step(self) -> StepResult | None:
