@@ -35,7 +35,10 @@ ENGINE_ARGS = {"num_gpu_blocks_override": 480, "max_model_len": 4608, "dtype": "
 NUM_RESIDENT = 2
 RESIDENT_PROMPT = 1024
 MIGRATE_AT = 8
-MAX_TOKENS = 24
+# Long enough to outlive the pre-copy of a 4096-token request on a slow machine; the
+# request is aborted a few tokens after the splice (the gap there is what is measured).
+MAX_TOKENS = 400
+AFTER_SPLICE = 8
 BYTES_PER_BLOCK = 16 * 2 * 4 * 64 * 4 * 32  # layers * (K,V) * kv heads * head dim * fp32 * tokens
 
 
@@ -84,8 +87,13 @@ async def _migrate_one(http, a, b, length: int, mode: str, tag: str, residents) 
     body = {"dst_url": b.url, "dst_instance_id": b.instance_id, "request_ids": [rid], "mode": mode}
     result = (await http.post(f"{a.url}/migrate", json=body)).json()["results"][0]
     t1 = time.perf_counter()
-    await task
     at = result["at"]
+    where = b if result["status"] == "committed" else a
+    try:
+        await wait_tokens(http, where.url, rid, at + AFTER_SPLICE, timeout_s=600)
+    finally:
+        await http.post(f"{where.url}/requests/{rid}/abort")
+    await task
     gaps = [y - x for x, y in zip(stream.times, stream.times[1:], strict=False)]
     base_gap = statistics.median(gaps[1 : at - 1]) if at > 3 else float("nan")
     splice_gap = stream.times[at] - stream.times[at - 1]
@@ -98,6 +106,7 @@ async def _migrate_one(http, a, b, length: int, mode: str, tag: str, residents) 
         "decode_gap_ms": base_gap * 1000, "num_blocks": result["num_blocks"],
         "num_stages": result["num_stages"], "precopy_s": t_stop - t0,
         "resident_gap_before_ms": _mean_ms(before), "resident_gap_during_ms": _mean_ms(during),
+        "residents_decoding": sum(not r.ends for r in residents),
     }  # fmt: skip
 
 
@@ -120,7 +129,7 @@ async def run(a, b, lengths: list[int], on_row) -> list[dict]:
         residents = [TimedStream() for _ in range(NUM_RESIDENT)]
         tasks = [
             asyncio.create_task(
-                r.run(http, a.url, _req(f"res{i}", prompt_ids(RESIDENT_PROMPT, 900 + i), 3000))
+                r.run(http, a.url, _req(f"res{i}", prompt_ids(RESIDENT_PROMPT, 900 + i), 3500))
             )
             for i, r in enumerate(residents)
         ]

@@ -230,7 +230,11 @@ class VllmEngine(Engine):
                 priority,
                 is_decoding=row["computed"] >= row["prompt"],
                 admitted_seq=row["seq"],
-                is_migratable=bool(live and live.is_migratable and not live.is_stopped),
+                # A request preempted once is refused by the source side (its blocks may
+                # have changed under a pre-copy), so it is never offered as a candidate.
+                is_migratable=bool(
+                    live and live.is_migratable and not live.is_stopped and not row["preemptions"]
+                ),
             )
             if row["status"] == "RUNNING":
                 running.append(item)
