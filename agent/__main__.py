@@ -8,6 +8,7 @@ import sys
 
 from agent.agent_config import agent_config, load_agent_config
 from llumctl.errors import LlumctlError
+from llumctl.listen import bind_tcp
 from llumctl.logsetup import setup_logging
 
 
@@ -35,15 +36,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     app = create_app(config)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=config.bind or config.host, port=config.port, log_level="warning")
-    )
+    host = config.bind or config.host
+    try:
+        sock = bind_tcp(host, config.port)
+    except LlumctlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=config.port, log_level="warning"))
 
     def stop() -> None:
         server.should_exit = True
 
     app.api.state.agent.on_shutdown = stop
-    server.run()
+    server.run(sockets=[sock])
 
 
 if __name__ == "__main__":

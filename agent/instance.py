@@ -17,7 +17,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agent.runtime import Instance
 from agent.streams import RequestStream
 from llumctl.errors import AuthError, InputError, LlumctlError
+from llumctl.listen import bind_tcp
 from llumctl.logsetup import setup_logging
 from llumctl.protocol import GenerateRequest, from_json_dict, to_json_dict
 
@@ -181,7 +181,8 @@ async def serve(args: argparse.Namespace) -> None:
     except ValueError:
         raise InputError("--engine-args must be a JSON object") from None
     base = f"/instances/{args.instance_id}"
-    sock = _bind(args.host, args.port)
+    # Held from now (the engine loads for tens of seconds); served once it is ready.
+    sock = bind_tcp(args.host, args.port)
     instance = Instance(
         args.instance_id,
         VllmEngine(args.model, engine_args),
@@ -199,20 +200,6 @@ async def serve(args: argparse.Namespace) -> None:
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         await instance.shutdown()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Take the API port before the engine loads (tens of seconds), so that a port that was
-    free when the caller chose it cannot be taken meanwhile, and a clash fails at once.
-    Serving (listen) starts only when the engine is ready: until then connections are refused."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock
 
 
 def main(argv: list[str] | None = None) -> None:

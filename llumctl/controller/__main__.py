@@ -8,6 +8,7 @@ import sys
 
 from llumctl.controller.config import ControllerConfig, config_from_dict, load_config
 from llumctl.errors import LlumctlError
+from llumctl.listen import bind_tcp
 from llumctl.logsetup import setup_logging
 
 
@@ -46,7 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     if not config.secret:
         print("error: a cluster secret is required (--secret or LLUMCTL_SECRET)", file=sys.stderr)
         sys.exit(2)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+    try:
+        sock = bind_tcp(config.host, config.port)
+    except LlumctlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    uv_config = uvicorn.Config(
+        create_app(config), host=config.host, port=config.port, log_level="warning"
+    )
+    uvicorn.Server(uv_config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import httpx
 
 from llumctl.controller.config import ControllerConfig
 from llumctl.errors import ConnectionFailed
+from llumctl.listen import bind_tcp
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -131,7 +132,10 @@ class ThreadedController:
             self.app, host=config.host, port=config.port, log_level="warning"
         )
         self._server = uvicorn.Server(uv_config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        sockets = [bind_tcp(config.host, config.port)]
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": sockets}, daemon=True
+        )
 
     @property
     def url(self) -> str:

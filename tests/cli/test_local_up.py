@@ -119,7 +119,7 @@ def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:
         }
         assert states["sim-0"] == "draining"
         logs = run(home, "logs", "sim")
-        assert logs.returncode == 0 and "POST" in logs.stdout
+        assert logs.returncode == 0 and "instance sim-0 (sim, sim-7b) running" in logs.stdout
         unknown = run(home, "logs", "nohost")
         assert unknown.returncode == 2 and "unknown host 'nohost'" in unknown.stderr
     finally:

@@ -192,6 +192,7 @@ def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -
         return {
             "preemptions": sum(i["preemptions_observed"] for i in instances.values()),
             "migrations": [e for e in events if e["status"] == "committed"],
+            "attempts": events,
         }
     finally:
         _point_reports(vllm_instances, None)
@@ -210,7 +211,7 @@ def test_policy_loop_migrates_and_cuts_preemptions(
         f"llumnix migrations {len(llumnix['migrations'])}"
     )
     assert not baseline["migrations"]
-    assert llumnix["migrations"], "the policy loop did not migrate on its own"
+    assert llumnix["migrations"], f"the policy loop did not migrate on its own: {llumnix}"
     assert {e["trigger"] for e in llumnix["migrations"]} <= {"load", "preempted"}
     assert baseline["preemptions"] > 0
     assert llumnix["preemptions"] < baseline["preemptions"]

@@ -1,0 +1,28 @@
+"""Listening sockets for the daemons' HTTP servers (controller, agent, instance)."""
+
+from __future__ import annotations
+
+import socket
+
+from llumctl.errors import InputError
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn's `sockets=[...]` (uvicorn starts listening on it).
+
+    Token streams are many small writes: without TCP_NODELAY, which accepted connections
+    inherit from this socket, Nagle holds each write until the peer's delayed ACK, adding
+    ~40 ms to a request's first token and bunching the rest (measured: first token of a
+    tiny-model request 43 ms -> 7 ms at the instance API).
+    Binding early also holds the port while a slow start-up (an engine load) runs.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
