@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from llumctl.controller import events as ev
 from llumctl.controller.actuator import Actuator
@@ -158,5 +159,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
+        if isinstance(exc, ClientDisconnect):
+            # The caller gave up before its body was read (e.g. a load report timing out
+            # on a busy controller): nobody to answer and nothing was done.
+            log.info("client left before %s was read", request.url.path)
+        else:
+            log.exception("unexpected error on %s", request.url.path)
         return error_response(exc)

@@ -168,7 +168,7 @@ def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -
             return client.completions.create(
                 model=model,
                 prompt=f"{i} {prompt}",
-                max_tokens=700,
+                max_tokens=1200,
                 temperature=0.0,
                 extra_body={"ignore_eos": True},
             )
@@ -186,7 +186,7 @@ def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -
             )
             _point_reports([b], controller.url)
             replies = [f.result() for f in futures]
-        assert all(r.usage.completion_tokens == 700 for r in replies)
+        assert all(r.usage.completion_tokens == 1200 for r in replies)
         instances = {i["id"]: i for i in _api(controller, a, "GET", "/api/instances").json()}
         events = _api(controller, a, "GET", "/api/events?kind=migration").json()["events"]
         return {
