@@ -285,7 +285,7 @@ def test_logs_of_an_agent_and_of_an_instance(cluster: Cluster) -> None:
     # The agent's own log, read over SSH (its reports to the controller fill it).
     lines = agent_log.stdout.splitlines()
     assert 0 < len(lines) <= 500
-    assert "/internal/" in agent_log.stdout
+    assert "instance hostb-0 (sim, sim-tiny) running" in agent_log.stdout
     engine_log = cluster.env.llumctl("logs", "hosta", "hosta-1", "-n", "2000")
     assert engine_log.returncode == 0, engine_log.stderr
     assert "EngineCore" in engine_log.stdout  # the vLLM engine's own output

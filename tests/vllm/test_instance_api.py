@@ -100,7 +100,9 @@ async def test_load_reports_follow_the_report_target(vllm_instances, http):
     try:
         target = {"url": f"http://127.0.0.1:{port}"}
         assert (await http.put(f"{inst.url}/report-target", json=target)).status_code == 200
-        task = asyncio.create_task(follow(http, inst.url, body("reported", prompt_ids(50, 3), 1500)))
+        task = asyncio.create_task(
+            follow(http, inst.url, body("reported", prompt_ids(50, 3), 1500))
+        )
         await wait_tokens(http, inst.url, "reported", 3)
 
         async def seen() -> bool:

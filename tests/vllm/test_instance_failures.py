@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import pytest
@@ -36,6 +37,15 @@ def doomed(vllm_pair, tiny_model_dir, cluster_secret, instance_log_dir):
             stop_instance(p)
 
 
+def _alive(doomed, i, tiny_model_dir, cluster_secret, instance_log_dir):
+    """doomed[i], started again if an earlier attempt of its test (a CI retry) killed it."""
+    if doomed[i].process.poll() is not None:
+        doomed[i] = wait_ready(
+            launch_instance(tiny_model_dir, f"doomed{i}", cluster_secret, instance_log_dir)
+        )
+    return doomed[i]
+
+
 @pytest.fixture
 async def http(vllm_instances):
     async with httpx.AsyncClient(headers=vllm_instances[0].headers, timeout=300) as client:
@@ -47,19 +57,29 @@ async def _reserved(http, url) -> bool:
 
 
 # Long enough to outlast the pre-copy pause even on an idle machine (the tiny model
-# decodes several hundred tokens/s), so the request is still running when the kill lands.
-NUM_KILL_DST_TOKENS = 1500
+# decodes ~700 tokens/s alone), so the request is still running when the kill lands.
+NUM_KILL_DST_TOKENS = 1700
 
 
-async def test_destination_killed_mid_migration(vllm_instances, doomed, http):
-    src, dst = vllm_instances[0], doomed[0]
+async def test_destination_killed_mid_migration(
+    vllm_instances, doomed, http, tiny_model_dir, cluster_secret, instance_log_dir
+):
+    src = vllm_instances[0]
+    dst = _alive(doomed, 0, tiny_model_dir, cluster_secret, instance_log_dir)
     prompt = prompt_ids(300, seed=21)
     ref = await follow(http, src.url, body("kill-dst-ref", prompt, NUM_KILL_DST_TOKENS))
-    task = asyncio.create_task(follow(http, src.url, body("kill-dst", prompt, NUM_KILL_DST_TOKENS)))
-    await wait_tokens(http, src.url, "kill-dst", 5)
-    # Pre-copy pauses 3 s after its first stage; the destination dies meanwhile.
-    mig = asyncio.create_task(migrate(http, src, dst, ["kill-dst"], debug_pause_s=3))
-    await wait_until(lambda: _reserved(http, dst.url), "reservation on the destination")
+    rid = f"kill-dst-{uuid.uuid4().hex[:8]}"  # a retry must not meet the first attempt's
+    task = asyncio.create_task(follow(http, src.url, body(rid, prompt, NUM_KILL_DST_TOKENS)))
+    await wait_tokens(http, src.url, rid, 5)
+    # Pre-copy pauses 1 s after its first stage; the destination dies meanwhile (the kill
+    # follows the reservation within ~0.1 s).
+    mig = asyncio.create_task(migrate(http, src, dst, [rid], debug_pause_s=1))
+
+    async def reserved_or_done() -> bool:
+        return mig.done() or await _reserved(http, dst.url)
+
+    await wait_until(reserved_or_done, "reservation on the destination")
+    assert not mig.done(), (await mig).text
     kill_instance(dst)
     resp = await mig
     trace = await task
@@ -71,8 +91,11 @@ async def test_destination_killed_mid_migration(vllm_instances, doomed, http):
     assert trace.tokens == ref.tokens
 
 
-async def test_source_killed_mid_migration(vllm_instances, doomed, http):
-    src, dst = doomed[1], vllm_instances[1]
+async def test_source_killed_mid_migration(
+    vllm_instances, doomed, http, tiny_model_dir, cluster_secret, instance_log_dir
+):
+    src = _alive(doomed, 1, tiny_model_dir, cluster_secret, instance_log_dir)
+    dst = vllm_instances[1]
     task = asyncio.create_task(follow(http, src.url, body("kill-src", prompt_ids(300, 22), 1500)))
     await wait_tokens(http, src.url, "kill-src", 5)
     mig = asyncio.create_task(migrate(http, src, dst, ["kill-src"], debug_pause_s=60))

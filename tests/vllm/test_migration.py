@@ -7,6 +7,7 @@ unmigrated (on the destination, so both runs see the same engine).
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import pytest
@@ -138,31 +139,34 @@ async def test_request_finishing_during_precopy_aborts_migration(vllm_instances,
 
 async def test_destination_without_room_refuses(vllm_instances, http):
     src, dst = vllm_instances
-    # Fill the destination: three long requests hold ~135 of its 160 blocks.
+    # Keep the destination under memory pressure: eight requests of 1,200-token prompts
+    # (38 blocks each) queue for its 160 blocks, so it stays nearly full for several of
+    # their lifetimes, whatever the machine's speed.
     fillers = [
-        asyncio.create_task(follow(http, dst.url, body(f"fill{i}", prompt_ids(1400, 200 + i), 500)))
-        for i in range(3)
+        asyncio.create_task(follow(http, dst.url, body(f"fill{i}", prompt_ids(1200, 200 + i), 400)))
+        for i in range(8)
     ]
 
     async def is_full() -> bool:
-        return (await load_of(http, dst.url))["num_used_blocks"] >= 130
+        return (await load_of(http, dst.url))["num_used_blocks"] >= 120
 
     await wait_until(is_full, "destination full")
-    # Long enough that it is still decoding when the migration is asked for, on any machine.
-    prompt = prompt_ids(1000, seed=12)
-    task = asyncio.create_task(follow(http, src.url, body("noroom", prompt, 900)))
-    await wait_tokens(http, src.url, "noroom", 3)
-    resp = await migrate(http, src, dst, ["noroom"])
-    assert resp.status_code == 200, resp.text
-    (result,) = resp.json()["results"]
-    for i in range(3):
+    # The migrating request needs 45+ blocks there (a 1,400-token prompt); at most 40 are free.
+    prompt = prompt_ids(1400, seed=12)
+    rid = f"noroom-{uuid.uuid4().hex[:8]}"  # a retry must not meet the first attempt's
+    task = asyncio.create_task(follow(http, src.url, body(rid, prompt, 600)))
+    await wait_tokens(http, src.url, rid, 3)
+    resp = await migrate(http, src, dst, [rid])
+    for i in range(8):
         await http.post(f"{dst.url}/requests/fill{i}/abort")
     trace = await task
     await asyncio.gather(*fillers)
+    assert resp.status_code == 200, (resp.text, trace.ends, len(trace.tokens))
+    (result,) = resp.json()["results"]
     assert result["status"] == "aborted" and result["reason"] == "no-room", result
     assert [e["type"] for e in trace.ends] == ["finished"]
-    assert_contiguous(trace, 900)
-    ref = await follow(http, src.url, body("noroom-ref", prompt, 900))
+    assert_contiguous(trace, 600)
+    ref = await follow(http, src.url, body(f"{rid}-ref", prompt, 600))
     assert trace.tokens == ref.tokens
 
 

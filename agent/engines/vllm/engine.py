@@ -111,7 +111,8 @@ class VllmEngine(Engine):
         from llumctl.protocol import SamplingParams
 
         rid, mid = "__llumctl_warmup__", "__llumctl_warmup_mig__"
-        sampling = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        # Long enough that it is still running when stopped, however fast the engine.
+        sampling = SamplingParams(max_tokens=512, temperature=0.0, ignore_eos=True)
         prompt = tuple(3 + i % 64 for i in range(2 * self.block_size + 3))
         request = PreparedRequest(rid, prompt, sampling)
         try:
