@@ -96,7 +96,7 @@ async def test_source_killed_mid_migration(
 ):
     src = _alive(doomed, 1, tiny_model_dir, cluster_secret, instance_log_dir)
     dst = vllm_instances[1]
-    task = asyncio.create_task(follow(http, src.url, body("kill-src", prompt_ids(300, 22), 1500)))
+    task = asyncio.create_task(follow(http, src.url, body("kill-src", prompt_ids(300, 22), 1700)))
     await wait_tokens(http, src.url, "kill-src", 5)
     mig = asyncio.create_task(migrate(http, src, dst, ["kill-src"], debug_pause_s=60))
     await wait_until(lambda: _reserved(http, dst.url), "reservation on the destination")

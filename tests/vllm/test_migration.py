@@ -196,7 +196,7 @@ async def test_uncarried_sampling_state_is_refused(vllm_instances, http, samplin
     src, dst = vllm_instances
     rid = f"refuse-{reason}-{len(sampling)}-{sorted(sampling)[0]}"
     task = asyncio.create_task(
-        follow(http, src.url, body(rid, prompt_ids(30, 14), 400, **sampling))
+        follow(http, src.url, body(rid, prompt_ids(30, 14), 2000, **sampling))
     )
     await wait_tokens(http, src.url, rid, 1)
     resp = await migrate(http, src, dst, [rid])
