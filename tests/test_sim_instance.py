@@ -58,6 +58,16 @@ def test_a_new_block_is_allocated_every_block_size_tokens() -> None:
     assert inst.num_used_blocks == 3
 
 
+def _step_until_preemption(inst: SimInstance, max_steps: int = 60) -> list[SimRequest]:
+    """Step until a step preempts something; the requests it preempted."""
+    for _ in range(max_steps):
+        result = inst.step()
+        assert result is not None
+        if result.preempted:
+            return list(result.preempted)
+    return []
+
+
 def test_newest_request_is_preempted_and_recomputed_when_blocks_run_out() -> None:
     inst = SimInstance("i", SMALL)
     old = SimRequest("old", prompt_tokens=100, output_tokens=150)
@@ -67,13 +77,7 @@ def test_newest_request_is_preempted_and_recomputed_when_blocks_run_out() -> Non
     inst.add(new)
     inst.step()
     assert old.state == RUNNING and new.state == RUNNING
-    preempted = []
-    for _ in range(60):
-        result = inst.step()
-        assert result is not None
-        preempted.extend(result.preempted)
-        if preempted:
-            break
+    preempted = _step_until_preemption(inst)
     assert preempted == [new] and new.state == QUEUED and new.num_preemptions == 1
     assert inst.queued() == [new] and inst.load(0.0).num_preempted == 1
     # Once the old one is done the preempted one is recomputed with its output so far.
@@ -92,13 +96,7 @@ def test_the_latest_arrival_is_preempted_not_the_latest_admitted() -> None:
     inst.add(early)
     inst.step()
     assert early.admitted_seq > late.admitted_seq
-    preempted: list[SimRequest] = []
-    for _ in range(60):
-        result = inst.step()
-        assert result is not None
-        preempted.extend(result.preempted)
-        if preempted:
-            break
+    preempted = _step_until_preemption(inst)
     assert preempted == [late] and early.state == RUNNING
 
 
