@@ -17,7 +17,7 @@ Fixtures for everyone:
   extra instance process (e.g. one a test kills); stop it with `stop_instance(proc)`.
 
 Engines are small (tiny model, float32, 160 KV blocks of 32 tokens, max_model_len 2048,
-enforce_eager) so a session pays ~40 s per engine start once.
+enforce_eager, steps paced to >= 10 ms) so a session pays ~40 s per engine start once.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ INSTANCE_ENGINE_ARGS = {
     "dtype": "float32",
     "block_size": 32,
     "enforce_eager": True,
+    # llumctl's pacing: a step lasts >= 10 ms, so a 1,000-token request lasts >= 10 s
+    # however fast the machine (an idle one decodes the tiny model at 1,000+ tokens/s).
+    # Tests act on running requests; on the 2-core test VMs any process, the test's own
+    # included, can go unscheduled for up to ~9 s while engines run (measured with a
+    # plain sleeper), and a request must outlive such a stall.
+    "min_step_ms": 10,
 }
 START_TIMEOUT_S = 900.0
 

@@ -65,7 +65,7 @@ name = "tiny"
 path = "tiny"
 dtype = "float32"
 max_model_len = 1024
-engine_args = {{ block_size = 32, enforce_eager = true, num_gpu_blocks_override = 160 }}
+engine_args = {{ block_size = 32, enforce_eager = true, num_gpu_blocks_override = 160, min_step_ms = 10 }}
 
 [[hosts]]
 name = "hosta"

@@ -119,3 +119,30 @@ async def test_load_reports_follow_the_report_target(vllm_instances, http):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_min_step_ms_goes_to_the_connector_and_bad_values_are_refused(tmp_path):
+    from agent.engines.vllm.params import build_engine_args
+    from llumctl.errors import InputError
+
+    args = build_engine_args("m", {"min_step_ms": 3, "block_size": 32}, str(tmp_path))
+    extra = args.kv_transfer_config.kv_connector_extra_config
+    assert extra == {"socket_dir": str(tmp_path), "min_step_ms": 3.0}
+    assert not hasattr(args, "min_step_ms") and args.block_size == 32
+    for bad in (-1, "fast", True):
+        with pytest.raises(InputError, match="min_step_ms must be a number >= 0"):
+            build_engine_args("m", {"min_step_ms": bad}, str(tmp_path))
+
+
+async def test_paced_engine_steps_last_at_least_min_step_ms(vllm_instances, http):
+    # The shared pair runs paced (conftest): one request decodes one token per step, so
+    # 300 tokens cannot come faster than 299 steps (a floor from sleeping, not a speed claim).
+    from tests.conftest import INSTANCE_ENGINE_ARGS
+
+    min_step_s = float(INSTANCE_ENGINE_ARGS["min_step_ms"]) / 1000
+    url = vllm_instances[0].url
+    start = asyncio.get_running_loop().time()
+    trace = await follow(http, url, body("paced", prompt_ids(8, 21), 300))
+    elapsed = asyncio.get_running_loop().time() - start
+    assert len(trace.tokens) == 300
+    assert elapsed >= 299 * min_step_s, elapsed

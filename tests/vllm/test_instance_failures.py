@@ -15,7 +15,9 @@ from tests.vllm.vllm_helpers import (
     follow,
     load_of,
     migrate,
+    outcome,
     prompt_ids,
+    results_of,
     wait_tokens,
     wait_until,
 )
@@ -56,9 +58,12 @@ async def _reserved(http, url) -> bool:
     return (await load_of(http, url))["num_migrating_in"] == 1
 
 
-# Long enough to outlast the pre-copy pause even on an idle machine (the tiny model
-# decodes ~700 tokens/s alone), so the request is still running when the kill lands.
+# Long enough (>= 17 s at the tests' 10 ms steps) to outlast the pre-copy pause, so the
+# request is still running when the kill lands.
 NUM_KILL_DST_TOKENS = 1700
+# The pre-copy pause: the kill must land inside it, after the test saw the reservation,
+# even if the test process goes unscheduled for seconds meanwhile (see conftest).
+KILL_WINDOW_S = 8
 
 
 async def test_destination_killed_mid_migration(
@@ -71,9 +76,8 @@ async def test_destination_killed_mid_migration(
     rid = f"kill-dst-{uuid.uuid4().hex[:8]}"  # a retry must not meet the first attempt's
     task = asyncio.create_task(follow(http, src.url, body(rid, prompt, NUM_KILL_DST_TOKENS)))
     await wait_tokens(http, src.url, rid, 5)
-    # Pre-copy pauses 1 s after its first stage; the destination dies meanwhile (the kill
-    # follows the reservation within ~0.1 s).
-    mig = asyncio.create_task(migrate(http, src, dst, [rid], debug_pause_s=1))
+    # Pre-copy pauses after its first stage; the destination dies meanwhile.
+    mig = asyncio.create_task(migrate(http, src, dst, [rid], debug_pause_s=KILL_WINDOW_S))
 
     async def reserved_or_done() -> bool:
         return mig.done() or await _reserved(http, dst.url)
@@ -83,9 +87,9 @@ async def test_destination_killed_mid_migration(
     kill_instance(dst)
     resp = await mig
     trace = await task
-    (result,) = resp.json()["results"]
-    assert result["status"] == "aborted", result
-    assert result["reason"] in ("transfer-failed", "dst-unreachable", "dst-failed"), result
+    (result,) = results_of(resp)
+    assert result["status"] == "aborted", outcome(result)
+    assert result["reason"] in ("transfer-failed", "dst-unreachable", "dst-failed"), outcome(result)
     assert [e["type"] for e in trace.ends] == ["finished"]
     assert_contiguous(trace, NUM_KILL_DST_TOKENS)
     assert trace.tokens == ref.tokens

@@ -106,5 +106,17 @@ async def migrate(
     return await http.post(f"{src.url}/migrate", json=req)
 
 
+def results_of(resp: httpx.Response) -> list[dict[str, Any]]:
+    """The per-request results of a migrate call, failing with the body on any other answer."""
+    assert resp.status_code == 200, f"migrate answered {resp.status_code}: {resp.text}"
+    results: list[dict[str, Any]] = resp.json()["results"]
+    return results
+
+
+def outcome(result: dict[str, Any]) -> str:
+    """`status (reason)` first, so a truncated assertion message still shows why."""
+    return f"{result['status']} ({result.get('reason')}): {result}"
+
+
 def assert_contiguous(trace: Trace, n: int) -> None:
     assert trace.indexes == list(range(n)), "gap or duplicate index in the stream"

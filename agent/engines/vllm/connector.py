@@ -50,7 +50,8 @@ class LlumConnector(KVConnectorBase_V1):
         self._sched: SchedulerSide | None = None
         self._worker: WorkerSide | None = None
         if role == KVConnectorRole.SCHEDULER:
-            self._sched = SchedulerSide(sched_path, block_size, num_blocks)
+            min_step_s = float(extra.get("min_step_ms", 0.0)) / 1000
+            self._sched = SchedulerSide(sched_path, block_size, num_blocks, min_step_s)
         else:
             self._worker = WorkerSide(worker_path, num_blocks)
 

@@ -16,21 +16,38 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
 }
 
 
+# llumctl's own engine args (not vLLM's), handed to the connector:
+# `min_step_ms`: every engine step lasts at least this long. It emulates a slower
+# accelerator, and lets tests keep requests alive long enough to act on them whatever the
+# machine's speed (a tiny model on an idle CPU decodes 1,000+ tokens/s).
+CONNECTOR_ARGS = ("min_step_ms",)
+
+
 def build_engine_args(model: str, overrides: dict[str, Any], socket_dir: str) -> Any:
     from vllm.config import KVTransferConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    args = {**DEFAULT_ENGINE_ARGS, **overrides}
+    extra: dict[str, Any] = {"socket_dir": socket_dir}
+    for key in CONNECTOR_ARGS:
+        if key in args:
+            extra[key] = _non_negative(key, args.pop(key))
     kv = KVTransferConfig(
         kv_connector="LlumConnector",
         kv_connector_module_path="agent.engines.vllm.connector",
         kv_role="kv_both",
-        kv_connector_extra_config={"socket_dir": socket_dir},
+        kv_connector_extra_config=extra,
     )
-    args = {**DEFAULT_ENGINE_ARGS, **overrides}
     try:
         return AsyncEngineArgs(model=model, kv_transfer_config=kv, **args)
     except TypeError as exc:
         raise InputError(f"bad engine argument: {exc}") from None
+
+
+def _non_negative(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InputError(f"bad engine argument: {key} must be a number >= 0, not {value!r}")
+    return float(value)
 
 
 def check_sampling(s: SamplingParams) -> None:

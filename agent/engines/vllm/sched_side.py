@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from agent.engines.vllm.wire import recv_frame, send_frame, serve_unix
@@ -32,8 +33,12 @@ def params_of(request: Any) -> dict[str, Any]:
 
 
 class SchedulerSide:
-    def __init__(self, socket_path: str, block_size: int, num_total_blocks: int) -> None:
+    def __init__(
+        self, socket_path: str, block_size: int, num_total_blocks: int, min_step_s: float = 0.0
+    ) -> None:
         self.block_size = block_size
+        self.min_step_s = min_step_s
+        self._last_step_at = 0.0
         self.num_total_blocks = num_total_blocks
         self.kv_cache_manager: Any = None
         self._lock = threading.Lock()
@@ -86,11 +91,21 @@ class SchedulerSide:
         )
 
     def build_meta(self) -> tuple[list[dict[str, Any]], list[str]]:
+        if self.min_step_s > 0:
+            self._pace()
         loads, self._loads = self._loads, []
         with self._lock:
             releases, self._to_release = self._to_release, []
         self._publish()
         return loads, releases
+
+    def _pace(self) -> None:
+        """Stretch back-to-back steps to `min_step_s` (build_meta runs once per step; after
+        an idle gap the step starts at once)."""
+        wait = self._last_step_at + self.min_step_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_step_at = time.monotonic()
 
     def request_finished(self, request: Any, block_ids: list[int]) -> bool:
         """True = keep the blocks (a request stopped for migration)."""
