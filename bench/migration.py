@@ -115,7 +115,8 @@ async def _migrate_one(
     during = _resident_gaps(residents, t0, t_stop)
     before = _resident_gaps(residents, t0 - 2.0, t0)
     return {
-        "mode": mode, "length": length, "status": result["status"], "at": at,
+        "mode": mode, "length": length, "status": result["status"],
+        "reason": result.get("reason", ""), "at": at,
         "downtime_ms": result["downtime_ms"], "stall_ms": (splice_gap - base_gap) * 1000,
         "decode_gap_ms": base_gap * 1000, "num_blocks": result["num_blocks"],
         "num_stages": result["num_stages"], "precopy_s": t_stop - t0,

@@ -41,15 +41,26 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
         "Times in ms.",
         "",
         "| stack | P50 TTFT | P99 TTFT | P99 TPOT | throughput (req/s) | preemptions | "
-        "migrations | errors | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "migrations | errors | load avg | client stalls s (longest) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in sbs["results"].items():
+        stalls = (
+            f"{r['client_stall_s']:.1f} ({r['client_stall_max_s']:.1f})"
+            if "client_stall_s" in r
+            else "n/a"
+        )
         lines.append(
             f"| {name} | {_ms(r['ttft_p50'])} | {_ms(r['ttft_p99'])} | {_ms(r['tpot_p99'])} "
             f"| {r['throughput_rps']:.3f} | {r['preemptions']} | {r['migrations']} "
-            f"| {r['errors']} | {r['load_avg']} |"
+            f"| {r['errors']} | {r['load_avg']} | {stalls} |"
         )
+    lines += [
+        "",
+        "Client stalls: seconds the load generator itself went unscheduled during the run "
+        "(total, and the longest): a VM stall delays every timestamp it takes, so a stall of "
+        "a second or more can set a P99 on its own.",
+    ]
     v = sbs["verdict"]
     if "best_router" not in v:
         return [*lines, "", "Target: not evaluated (a stack did not run)."]

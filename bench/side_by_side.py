@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.common import engines, llumctl_stack, prom
 from bench.common.machine import load_now, machine_facts
 from bench.common.procs import stop, stop_all
+from bench.common.stalls import StallMonitor
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest
 from llumctl.bench.stats import summarize
@@ -64,9 +65,14 @@ class SideBySideConfig:
 
 def run_load(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any]:
     gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=900.0, seed=seed)
-    records, duration = asyncio.run(gen.run(workload))
+    with StallMonitor() as monitor:
+        records, duration = asyncio.run(gen.run(workload))
     summary: dict[str, Any] = dict(summarize(records, duration))
     summary["load_avg"] = load_now()
+    # How long the load generator itself went unscheduled (a VM stall delays every
+    # timestamp it takes; a multi-second one can make a P99 on its own).
+    summary["client_stall_s"] = round(monitor.total_s(), 3)
+    summary["client_stall_max_s"] = round(max((e - b for b, e in monitor.stalls), default=0.0), 3)
     summary["first_errors"] = [r.error for r in records if r.error][:3]
     return summary
 
@@ -87,6 +93,8 @@ def result_row(summary: dict[str, Any], preemptions: float, migrations: float) -
     row = {k: summary[k] for k in keys}
     row.update(preemptions=int(preemptions), migrations=int(migrations))
     row["load_avg"] = summary["load_avg"]
+    row["client_stall_s"] = summary["client_stall_s"]
+    row["client_stall_max_s"] = summary["client_stall_max_s"]
     return row
 
 
