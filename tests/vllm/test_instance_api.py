@@ -134,6 +134,15 @@ def test_min_step_ms_goes_to_the_connector_and_bad_values_are_refused(tmp_path):
             build_engine_args("m", {"min_step_ms": bad}, str(tmp_path))
 
 
+def test_vllm_detokenizes_only_for_stop_strings():
+    from agent.engines.vllm.params import to_vllm_sampling
+    from llumctl.protocol import SamplingParams
+
+    plain = to_vllm_sampling(SamplingParams(max_tokens=5), 0, {})
+    with_stop = to_vllm_sampling(SamplingParams(max_tokens=5, stop=("x",)), 0, {})
+    assert plain.detokenize is False and with_stop.detokenize is True
+
+
 async def test_paced_engine_steps_last_at_least_min_step_ms(vllm_instances, http):
     # The shared pair runs paced (conftest): one request decodes one token per step, so
     # 300 tokens cannot come faster than 299 steps (a floor from sleeping, not a speed claim).

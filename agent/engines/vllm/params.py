@@ -117,5 +117,9 @@ def to_vllm_sampling(s: SamplingParams, num_previous: int, kv_params: dict[str, 
         ignore_eos=s.ignore_eos,
         max_tokens=s.max_tokens - num_previous,
         output_kind=RequestOutputKind.DELTA,
+        # The instance derives the text from token ids itself (agent.engines.vllm.text);
+        # vLLM's own detokenizer is only needed to match stop strings. Off, it saves a
+        # detokenization per token in the instance process's event loop.
+        detokenize=bool(s.stop),
         extra_args={"kv_transfer_params": kv_params},
     )
