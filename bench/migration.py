@@ -49,8 +49,6 @@ MIGRATE_AT = 8
 # request is aborted a few tokens after the splice (the gap there is what is measured).
 MAX_TOKENS = 400
 AFTER_SPLICE = 8
-# A splice gap the client itself spent this long descheduled is not a measurement of llumctl.
-MAX_CLIENT_STALL_MS = 5.0
 BYTES_PER_BLOCK = 16 * 2 * 4 * 64 * 4 * 32  # layers * (K,V) * kv heads * head dim * fp32 * tokens
 
 
@@ -128,9 +126,12 @@ async def _migrate_one(
     }  # fmt: skip
 
 
-def is_clean(row: dict) -> bool:
-    """Committed, and the client was not descheduled around the splice."""
-    return row["status"] == "committed" and row["client_stall_ms"] < MAX_CLIENT_STALL_MS
+def is_counted(row: dict) -> bool:
+    """Whether a row enters the table's medians. Every committed run counts for the
+    downtimes (the source llumlet's own measure); a live run's client-side stall counts
+    only if the client was not descheduled around the splice (any recorded stall)."""
+    committed = row["status"] == "committed"
+    return committed and (row["mode"] != "live" or not row["client_stall_ms"])
 
 
 def _resident_gaps(residents: list[TimedStream], start: float, end: float) -> list[float]:
@@ -172,7 +173,7 @@ async def _run(a, b, lengths: list[int], reps: int, on_row, monitor: StallMonito
                     print(json.dumps(row), flush=True)
                     rows.append(row)
                     on_row(rows)
-                    if sum(is_clean(r) for r in rows if _key(r) == (length, mode)) >= wanted:
+                    if sum(is_counted(r) for r in rows if _key(r) == (length, mode)) >= wanted:
                         break
         for i in range(NUM_RESIDENT):
             await http.post(f"{a.url}/requests/res{i}/abort")
@@ -207,7 +208,7 @@ def render(rows: list[dict]) -> str:
         if not by_mode["recompute"]:
             continue
         done = {m: [r for r in rs if r["status"] == "committed"] for m, rs in by_mode.items()}
-        live = [r for r in by_mode["live"] if is_clean(r)]
+        live = [r for r in by_mode["live"] if is_counted(r)]
         best = min((r["stall_ms"] for r in live), default=float("nan"))
         mb = max(r["num_blocks"] for r in done["live"]) if done["live"] else 0
         out.append(

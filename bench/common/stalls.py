@@ -47,3 +47,6 @@ class StallMonitor:
 
     def total_s(self) -> float:
         return sum(e - s for s, e in self.stalls)
+
+    def longest_s(self) -> float:
+        return max((e - s for s, e in self.stalls), default=0.0)
