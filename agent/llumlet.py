@@ -2,7 +2,8 @@
 
 Load: it turns the engine's per-step state into the instance's `InstanceLoad` (the same
 dataclass the policy reads; freeness is computed by `llumctl.policy`, never here) and
-pushes a `LoadReport` to the controller on change and at least every `report_period_s`.
+pushes a `LoadReport` to the controller on change (at most every `report_min_interval_s`)
+and at least every `report_period_s`.
 
 Migration (design.md §4), source role, per request R to destination B:
   1. reserve room on B (`/migrate-in/reserve`), or abort (`no-room`, `dst-unreachable`);

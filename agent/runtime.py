@@ -48,6 +48,7 @@ class Instance:
         transport: KvTransport | None = None,
         controller_url: str | None = None,
         report_period_s: float = 0.1,
+        report_min_interval_s: float = 0.05,
         migration_idle_timeout_s: float = 30.0,
         selector: str = "last-admitted",
     ) -> None:
@@ -56,6 +57,9 @@ class Instance:
         self.transport = transport or TcpTransport(secret, host)
         self.controller_url = controller_url
         self.report_period_s = report_period_s
+        # Reports go out on change, but no more often than this: the load changes at
+        # nearly every engine step, and the controller decodes every report.
+        self.report_min_interval_s = report_min_interval_s
         self._report_failing = False
         self.selector = selector
         self.streams = StreamRegistry()
@@ -192,7 +196,7 @@ class Instance:
         last_sent, last_time, last_tokens = None, 0.0, 0
         async with httpx.AsyncClient(headers=bearer(self.secret), timeout=2.0) as http:
             while True:
-                await asyncio.sleep(min(0.02, self.report_period_s))
+                await asyncio.sleep(min(self.report_min_interval_s, self.report_period_s))
                 if not self.controller_url:
                     continue
                 load = replace(self.load(), timestamp=0.0)

@@ -80,6 +80,13 @@ class RequestStream:
 
     async def events(self, from_index: int = 0) -> AsyncIterator[StreamEvent]:
         """Token events with index >= from_index, then the end event."""
+        async for batch in self.batches(from_index):
+            for event in batch:
+                yield event
+
+    async def batches(self, from_index: int = 0) -> AsyncIterator[list[StreamEvent]]:
+        """`events`, grouped: every event already there comes in one list, so a reader
+        that fell behind catches up with one write instead of one per token."""
         if from_index < self.first_index:
             raise InputError(
                 f"request {self.request_id}: tokens before index {self.first_index} "
@@ -87,13 +94,19 @@ class RequestStream:
             )
         index = from_index
         while True:
-            while index < self.next_index:
-                token_id, text = self._tokens[index - self.first_index]
-                yield StreamEvent(EventType.TOKEN, index=index, token_id=token_id, text=text)
-                index += 1
+            batch = [
+                StreamEvent(EventType.TOKEN, index=i, token_id=token_id, text=text)
+                for i, (token_id, text) in enumerate(
+                    self._tokens[index - self.first_index :], start=index
+                )
+            ]
+            index += len(batch)
             if self.end is not None:
-                yield self.end
+                yield [*batch, self.end]
                 return
+            if batch:
+                yield batch
+                continue  # tokens may have come while the reader had the batch
             await self._changed.wait()
 
 

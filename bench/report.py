@@ -38,7 +38,8 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
         f"{cfg['requests']} requests, Gamma arrivals at {cfg['rate']} req/s with cv "
         f"{cfg['cv']}, power-law lengths input {cfg['input']} / output {cfg['output']} "
         f"(prompts capped at {cfg['max_prompt']}, outputs at {cfg['max_output']} tokens). "
-        "Times in ms.",
+        f"Every row is the median of {cfg.get('reps', 1)} run(s) of that stack and policy "
+        "(raw runs in side_by_side.json). Times in ms.",
         "",
         "| stack | P50 TTFT | P99 TTFT | P99 TPOT | throughput (req/s) | preemptions | "
         "migrations | errors | load avg | client stalls s (longest) |",

@@ -34,7 +34,7 @@ def configs(quick: bool) -> tuple[Any, Any, Any]:
     ovh = overhead.OverheadConfig()
     fid = fidelity.FidelityConfig()
     if quick:
-        sbs = replace(sbs, requests=10, rate=2.0, max_output=8)
+        sbs = replace(sbs, requests=10, rate=2.0, max_output=8, reps=1)
         ovh = replace(ovh, low_requests=3, burst_per_instance=2, output_tokens=8)
         fid = replace(fid, requests=6, max_output=8)
     return sbs, ovh, fid

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
@@ -54,6 +55,9 @@ class SideBySideConfig:
     # 40 blocks of 32 tokens (1,280 tokens) per instance: one long request (up to 1,024
     # tokens) takes most of an instance, so memory runs out before the 2 cores do.
     shape: engines.EngineShape = engines.EngineShape(num_blocks=40)
+    # Runs of every stack/policy, in rounds (each round runs every policy of a stack once);
+    # rows are medians over them. One run's P99 moved 3x between identical runs here.
+    reps: int = 3
 
     def workload(self) -> list[BenchRequest]:
         spec = WorkloadSpec(
@@ -110,33 +114,64 @@ def run_llumctl(cfg: SideBySideConfig, work: Path, extra: Any = None) -> dict[st
         warm_up(cluster.url, 2 * cfg.instances, seed=99)
         # Each run gets its own prompt ids (same lengths and arrivals): no prefix-cache
         # hits carried from one run into the next.
-        for k, policy in enumerate(LLUMCTL_POLICIES):
-            cluster.set_policy(policy)
-            before, first_event = cluster.metrics(), cluster.last_event_seq()
-            summary = run_load(cluster.url, workload, cfg.seed * 100 + k)
-            after = cluster.metrics()
-            row = result_row(
-                summary,
-                _diff(before, after, "llumctl_instance_preemptions_observed"),
-                _diff(before, after, "llumctl_migrations_total", status="committed"),
-            )
-            # Every attempt by outcome: why a pair formed and did not move a request.
-            attempts = cluster.events("migration", since=first_event)
-            row["migration_attempts"] = dict(
-                Counter(f"{e['status']}:{e.get('reason') or e.get('trigger')}" for e in attempts)
-            )
-            # TTFT as the controller saw it (its arrival to its first relayed token): the
-            # rest of the client's TTFT is the client-to-controller hop.
-            row["server_ttft_mean"] = _mean(before, after, "llumctl_ttft_seconds")
-            # Instances dropped for stale load reports (a starved agent) skew a run.
-            row["instance_failures"] = len(cluster.events("failure", since=first_event))
-            results[f"llumctl-{policy}"] = row
-            print(f"llumctl-{policy}: {json.dumps(results[f'llumctl-{policy}'])}", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {f"llumctl-{p}": [] for p in LLUMCTL_POLICIES}
+        for rep in range(cfg.reps):
+            for k, policy in enumerate(LLUMCTL_POLICIES):
+                row = _llumctl_run(cluster, policy, workload, cfg.seed * 100 + 20 * rep + k)
+                runs[f"llumctl-{policy}"].append(row)
+                print(f"llumctl-{policy} (run {rep + 1}): {json.dumps(row)}", flush=True)
+        results.update({name: combine(rows) for name, rows in runs.items()})
         if extra is not None:
             results["_extra"] = extra(cluster)
     finally:
         llumctl_stack.down(cluster)
     return results
+
+
+def _llumctl_run(
+    cluster: Any, policy: str, workload: list[BenchRequest], seed: int
+) -> dict[str, Any]:
+    cluster.set_policy(policy)
+    before, first_event = cluster.metrics(), cluster.last_event_seq()
+    summary = run_load(cluster.url, workload, seed)
+    after = cluster.metrics()
+    row = result_row(
+        summary,
+        _diff(before, after, "llumctl_instance_preemptions_observed"),
+        _diff(before, after, "llumctl_migrations_total", status="committed"),
+    )
+    # Every attempt by outcome: why a pair formed and did not move a request.
+    attempts = cluster.events("migration", since=first_event)
+    row["migration_attempts"] = dict(
+        Counter(f"{e['status']}:{e.get('reason') or e.get('trigger')}" for e in attempts)
+    )
+    # TTFT as the controller saw it (its arrival to its first relayed token): the rest
+    # of the client's TTFT is the client-to-controller hop.
+    row["server_ttft_mean"] = _mean(before, after, "llumctl_ttft_seconds")
+    # Instances dropped for stale load reports (a starved agent) skew a run.
+    row["instance_failures"] = len(cluster.events("failure", since=first_event))
+    return row
+
+
+def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for a stack/policy from its runs: the median of every number, the sum of
+    the counts (errors, failures, migration attempts by outcome), and the runs themselves."""
+    out: dict[str, Any] = {}
+    for key, first in rows[0].items():
+        values = [r[key] for r in rows if key in r]
+        if key in ("errors", "instance_failures"):
+            out[key] = sum(values)
+        elif key == "migration_attempts":
+            total: Counter[str] = Counter()
+            for v in values:
+                total.update(v)
+            out[key] = dict(total)
+        elif isinstance(first, (int, float)) and not isinstance(first, bool):
+            out[key] = round(statistics.median(values), 4)
+        else:
+            out[key] = first
+    out["runs"] = rows
+    return out
 
 
 def run_router(
@@ -149,28 +184,40 @@ def run_router(
         workload = cfg.workload()
         for server in servers:
             warm_up(server.url, 2, seed=99)
-        for k, policy in enumerate(ROUTER_POLICIES):
-            router = engines.start_router(servers, policy, work / "logs")
-            try:
-                before = [prom.scrape(s.url) for s in servers]
-                summary = run_load(router.url, workload, cfg.seed * 100 + 10 + k)
-                after = [prom.scrape(s.url) for s in servers]
-            finally:
-                stop(router)
-            pairs = list(zip(before, after, strict=True))
-            preempted = sum(_diff(b, a, "vllm:num_preemptions_total") for b, a in pairs)
-            row = result_row(summary, preempted, 0)
-            # TTFT as the engines saw it (request arrival at the server to first token).
-            sums = [_diff(b, a, "vllm:time_to_first_token_seconds_sum") for b, a in pairs]
-            counts = [_diff(b, a, "vllm:time_to_first_token_seconds_count") for b, a in pairs]
-            row["server_ttft_mean"] = round(sum(sums) / max(1.0, sum(counts)), 4)
-            results[f"vllm-router-{policy}"] = row
-            print(f"vllm-router-{policy}: {json.dumps(results[f'vllm-router-{policy}'])}")
+        runs: dict[str, list[dict[str, Any]]] = {f"vllm-router-{p}": [] for p in ROUTER_POLICIES}
+        for rep in range(cfg.reps):
+            for k, policy in enumerate(ROUTER_POLICIES):
+                row = _router_run(
+                    servers, policy, workload, cfg.seed * 100 + 20 * rep + 10 + k, work
+                )
+                runs[f"vllm-router-{policy}"].append(row)
+                print(f"vllm-router-{policy} (run {rep + 1}): {json.dumps(row)}", flush=True)
+        results.update({name: combine(rows) for name, rows in runs.items()})
         if extra is not None:
             results["_extra"] = extra(servers)
     finally:
         stop_all(servers)
     return results
+
+
+def _router_run(
+    servers: list[Any], policy: str, workload: list[BenchRequest], seed: int, work: Path
+) -> dict[str, Any]:
+    router = engines.start_router(servers, policy, work / "logs")
+    try:
+        before = [prom.scrape(s.url) for s in servers]
+        summary = run_load(router.url, workload, seed)
+        after = [prom.scrape(s.url) for s in servers]
+    finally:
+        stop(router)
+    pairs = list(zip(before, after, strict=True))
+    preempted = sum(_diff(b, a, "vllm:num_preemptions_total") for b, a in pairs)
+    row = result_row(summary, preempted, 0)
+    # TTFT as the engines saw it (request arrival at the server to first token).
+    sums = [_diff(b, a, "vllm:time_to_first_token_seconds_sum") for b, a in pairs]
+    counts = [_diff(b, a, "vllm:time_to_first_token_seconds_count") for b, a in pairs]
+    row["server_ttft_mean"] = round(sum(sums) / max(1.0, sum(counts)), 4)
+    return row
 
 
 def _diff(before: str, after: str, name: str, **labels: str) -> float:

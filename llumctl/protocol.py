@@ -1,7 +1,8 @@
 """Messages shared by the controller, agents and instances (one definition, both sides).
 
 Everything that crosses a process boundary is a dataclass here, serialised as JSON with
-`to_json_dict` / `from_json_dict`. Policy views (`InstanceLoad`) are reused as they are.
+`to_json_dict` / `from_json_dict` (llumctl/jsonconv.py). Policy views (`InstanceLoad`) are
+reused as they are.
 
 Wire formats (details in docs/architecture.md):
 - instance token streams are NDJSON, one `StreamEvent` per line;
@@ -10,16 +11,12 @@ Wire formats (details in docs/architecture.md):
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import functools
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
+from llumctl.jsonconv import from_json_dict, to_compact_json_dict, to_json_dict
 from llumctl.policy.views import InstanceLoad, Priority, RequestLoad
-
-T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
 AUTH_HEADER = "Authorization"
@@ -165,93 +162,6 @@ class MigrationResult:
     at: int = 0
 
 
-# ---- JSON conversion -------------------------------------------------------------------
-
-
-def to_json_dict(obj: Any) -> Any:
-    """Dataclasses, enums, tuples -> plain JSON values (infinite floats become strings)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_json_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (list, tuple)):
-        return [to_json_dict(x) for x in obj]
-    if isinstance(obj, dict):
-        return {str(k): to_json_dict(v) for k, v in obj.items()}
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return str(obj)
-    return obj
-
-
-def from_json_dict(cls: type[T], data: Any) -> T:
-    """Inverse of `to_json_dict` for the dataclasses of this module and llumctl.policy.
-
-    Unknown keys are ignored (forward compatibility); a missing required key or a wrong
-    type raises ValueError with the field name.
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    kwargs: dict[str, Any] = {}
-    for name, hint in _field_hints(cls):
-        if name in data:
-            try:
-                kwargs[name] = _convert(hint, data[name])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{cls.__name__}.{name}: {exc}") from None
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"{cls.__name__}: {exc}") from None
-
-
-@functools.cache
-def _field_hints(cls: type) -> tuple[tuple[str, Any], ...]:
-    """(name, resolved type) of a dataclass's fields. Cached: resolving string annotations
-    is ~100 us a call, and the controller parses every relayed token event."""
-    hints = typing.get_type_hints(cls)
-    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
-
-
-def _convert(hint: Any, value: Any) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None:
-        return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value) if len(inner) == 1 else value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"expected a list, got {type(value).__name__}")
-        item = args[0] if args else Any
-        return tuple(_convert(item, v) for v in value)
-    if origin is dict or hint is Any:
-        return value
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return from_json_dict(hint, value)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return hint(value)
-    if hint is float:
-        if isinstance(value, str):
-            return float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"expected true/false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
-        return value
-    return value
-
-
 __all__ = [
     "AUTH_HEADER",
     "PROTOCOL_VERSION",
@@ -267,5 +177,6 @@ __all__ = [
     "StreamEvent",
     "bearer",
     "from_json_dict",
+    "to_compact_json_dict",
     "to_json_dict",
 ]

@@ -20,6 +20,9 @@ from llumctl.policy import Migrate, Policy, ScaleDown, ScaleUp
 
 log = logging.getLogger("llumctl.controller")
 
+# A policy tick this much later than due counts as a controller stall (see `run`).
+STALL_EXCUSED_AFTER_S = 0.5
+
 
 class PolicyLoop:
     def __init__(
@@ -42,7 +45,15 @@ class PolicyLoop:
                 await self.tick()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("policy tick failed")
-            await asyncio.sleep(self._period_s())
+            period = self._period_s()
+            due = time.monotonic() + period
+            await asyncio.sleep(period)
+            # A late wake-up means this process did not run (a busy event loop, or the
+            # machine starving it): reports sent meanwhile are still queued, so the
+            # silence is the controller's, not the instances'.
+            late_s = time.monotonic() - due
+            if late_s > STALL_EXCUSED_AFTER_S:
+                self._state.excuse_stall(late_s)
 
     async def tick(self) -> None:
         self.num_ticks += 1

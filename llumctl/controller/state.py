@@ -223,6 +223,12 @@ class ClusterState:
         for entries in self.pending.values():
             entries.pop(request_id, None)
 
+    def excuse_stall(self, stall_s: float) -> None:
+        """The controller itself did not run for `stall_s`: that time does not count
+        towards any instance's silence (`stale_instances`)."""
+        for entry in self.instances.values():
+            entry.last_report += stall_s
+
     # ---- views -----------------------------------------------------------------------
     def stale_instances(self) -> list[InstanceEntry]:
         """Live instances whose reports stopped arriving."""

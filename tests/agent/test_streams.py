@@ -48,3 +48,31 @@ def test_registry_refuses_a_duplicate_running_request_and_unknown_ids():
         reg.create(RequestStream("a"))
     with pytest.raises(NotFoundError):
         reg.get("nope")
+
+
+async def test_a_reader_behind_gets_every_ready_token_in_one_batch_then_live_ones():
+    stream = RequestStream("r")
+    for t in range(3):
+        stream.append(t, "x")
+    batches = stream.batches(0)
+    first = await anext(batches)
+    assert [e.index for e in first] == [0, 1, 2]
+    waiting = asyncio.create_task(anext(batches))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # nothing new: the reader waits, it gets no empty batch
+    stream.append(3, "y")
+    stream.append(4, "z")
+    stream.finish("length")
+    last = await waiting
+    assert [(e.type.value, e.index) for e in last] == [("token", 3), ("token", 4), ("finished", -1)]
+    assert [e.token_id for e in last[:2]] == [3, 4]
+
+
+async def test_tokens_appended_while_the_reader_holds_a_batch_are_not_missed():
+    stream = RequestStream("r")
+    stream.append(0, "a")
+    batches = stream.batches(0)
+    assert [e.index for e in await anext(batches)] == [0]
+    stream.append(1, "b")  # while the reader is busy with batch 0: no one is waiting yet
+    nxt = await asyncio.wait_for(anext(batches), timeout=1.0)
+    assert [e.index for e in nxt] == [1]

@@ -80,3 +80,18 @@ def test_log_line_is_a_trace_line_with_measurements() -> None:
     assert line["request_id"] == "r7" and line["arrival_time"] == 1.25
     assert line["ttft_s"] is None and line["error"] == "boom"
     assert BenchRequest(0.0, 1, 1).priority == 0
+
+
+def test_side_by_side_rows_are_medians_of_the_runs_with_counts_summed() -> None:
+    from bench.side_by_side import combine
+
+    runs = [
+        {"ttft_p99": 3.0, "preemptions": 4, "errors": 0, "migration_attempts": {"committed:x": 1}},
+        {"ttft_p99": 1.0, "preemptions": 9, "errors": 2, "migration_attempts": {"aborted:y": 1}},
+        {"ttft_p99": 2.0, "preemptions": 5, "errors": 1, "migration_attempts": {"committed:x": 2}},
+    ]
+    row = combine(runs)
+    assert row["ttft_p99"] == 2.0 and row["preemptions"] == 5  # medians
+    assert row["errors"] == 3  # every failed request counts
+    assert row["migration_attempts"] == {"committed:x": 3, "aborted:y": 1}
+    assert row["runs"] == runs

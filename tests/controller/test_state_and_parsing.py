@@ -136,3 +136,30 @@ def test_a_drain_survives_the_instance_being_dropped_and_readded():
     entry = state.instances["i"]
     assert entry.is_draining and entry.is_stop_when_empty
     assert state.view().instances[0].is_draining
+
+
+async def test_a_controller_stall_is_not_counted_as_the_instances_silence():
+    """The policy loop's own late wake-up (the event loop blocked, as a starved VM blocks
+    it) is excused: reports sent meanwhile are still queued. Real controller objects, in
+    process; the block is a synchronous sleep on the event loop."""
+    import asyncio
+    import time
+
+    from llumctl.controller.app import Controller
+    from llumctl.controller.config import config_from_dict
+
+    ctrl = Controller(config_from_dict({"secret": "s", "report_timeout_s": 1.0}))
+    ctrl.state.apply_load(_info("a"), _load("a"), 0.0)
+    loop_task = asyncio.create_task(ctrl.loop.run())
+    try:
+        await asyncio.sleep(0.3)  # a tick or two
+        time.sleep(1.5)  # the whole process stalls for longer than the report timeout
+        await asyncio.sleep(0.3)  # the loop wakes late, then ticks
+        assert "a" in ctrl.state.instances
+        # Real silence still counts: no report for the timeout, with the loop running.
+        await asyncio.sleep(1.2)
+        assert "a" not in ctrl.state.instances
+    finally:
+        loop_task.cancel()
+        await ctrl.instance_client.close()
+        await ctrl.agent_client.close()
