@@ -240,4 +240,3 @@ def test_sixteen_sim_instances_on_two_agents(controller_factory, agent_factory):
     status = api(controller, "GET", "/api/status").json()
     assert {i["engine"] for i in status["instances"]} == {"sim"}
     assert sorted({i["agent"] for i in status["instances"]}) == ["host0", "host1"]
-
