@@ -63,6 +63,11 @@ class RequestStream:
             assert self._resp is not None, "open() first"
             migrated: StreamEvent | None = None
             async for event in self._client.events(self._resp):
+                if self.is_finished:
+                    # Read the stream to its end (the instance ends it right after the
+                    # finished event): only a fully read response returns its connection
+                    # to the pool, and a new connection per request costs ~2 ms.
+                    continue
                 if event.type == EventType.TOKEN:
                     if event.index < self.next_index:
                         continue  # replayed after a re-attach
@@ -74,12 +79,13 @@ class RequestStream:
                 elif event.type == EventType.FINISHED:
                     self.is_finished = True
                     yield event
-                    return
                 elif event.type == EventType.MIGRATED:
                     migrated = event
                     break
                 else:
                     raise _stream_error(event)
+            if self.is_finished:
+                return
             if migrated is None:
                 raise ConnectionFailed(f"instance {self._record.instance} stream ended early")
             await self._switch(migrated)
