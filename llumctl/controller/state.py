@@ -225,9 +225,11 @@ class ClusterState:
 
     def excuse_stall(self, stall_s: float) -> None:
         """The controller itself did not run for `stall_s`: that time does not count
-        towards any instance's silence (`stale_instances`)."""
+        towards any instance's silence (`stale_instances`). Never past now: a report
+        handled since the wake-up is already fresh."""
+        now = time.monotonic()
         for entry in self.instances.values():
-            entry.last_report += stall_s
+            entry.last_report = min(now, entry.last_report + stall_s)
 
     # ---- views -----------------------------------------------------------------------
     def stale_instances(self) -> list[InstanceEntry]:
