@@ -157,12 +157,16 @@ def _install_error_handlers(app: FastAPI) -> None:
             err.http_status = exc.status_code
         return error_response(err)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The caller gave up before its body was read (e.g. a load report timing out on a
+        # stalled controller): nobody to answer and nothing was done. Its own handler, not
+        # the catch-all below: Starlette re-raises what the catch-all handles, and the
+        # server then logs a traceback per disconnect.
+        log.info("client left before %s was read", request.url.path)
+        return error_response(InputError("client disconnected"))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, ClientDisconnect):
-            # The caller gave up before its body was read (e.g. a load report timing out
-            # on a busy controller): nobody to answer and nothing was done.
-            log.info("client left before %s was read", request.url.path)
-        else:
-            log.exception("unexpected error on %s", request.url.path)
+        log.exception("unexpected error on %s", request.url.path)
         return error_response(exc)

@@ -160,3 +160,26 @@ def test_no_instance_for_a_known_model_is_503_not_a_hang(shared):
     resp = _post(shared.url, "/v1/completions", json={"model": "m", "prompt": "hi"})
     assert resp.status_code == 503
     assert resp.json()["error"]["type"] == "server_error"
+
+
+def test_a_caller_leaving_before_its_body_is_read_is_logged_in_one_line(controller):
+    """A load report that gives up mid-body (its llumlet timed out on a stalled controller)
+    is noted once, without a traceback, and the controller keeps serving."""
+    import socket
+    import time
+
+    host, port = controller.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /internal/load HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {SECRET}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + b'{"info": {')  # 10 of the 1,000 bytes promised
+        time.sleep(0.5)  # the handler is now waiting for the rest of the body
+    deadline = time.monotonic() + 10
+    while "client left before /internal/load" not in controller.log_path.read_text():
+        assert time.monotonic() < deadline, controller.log_path.read_text()[-2000:]
+        time.sleep(0.1)
+    log = controller.log_path.read_text()
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log[-2000:]
+    assert httpx.get(controller.url + "/v1/models", timeout=10).status_code == 200
