@@ -99,6 +99,7 @@ def result_row(summary: dict[str, Any], preemptions: float, migrations: float) -
     row["load_avg"] = summary["load_avg"]
     row["client_stall_s"] = summary["client_stall_s"]
     row["client_stall_max_s"] = summary["client_stall_max_s"]
+    row["first_errors"] = summary["first_errors"]  # what a failed request was told
     return row
 
 
@@ -161,6 +162,8 @@ def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in rows if key in r]
         if key in ("errors", "instance_failures"):
             out[key] = sum(values)
+        elif key == "first_errors":
+            out[key] = [e for v in values for e in v][:5]
         elif key == "migration_attempts":
             total: Counter[str] = Counter()
             for v in values:
