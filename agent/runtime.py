@@ -176,6 +176,7 @@ class Instance:
             block_size_tokens=spec.block_size_tokens if spec else 16,
             num_migrating_out=len(self.source.migrating),
             num_migrating_in=self.destination.num_incoming,
+            num_prefill_tokens=engine_load.num_prefill_tokens,
         )
 
     def info(self) -> InstanceInfo:

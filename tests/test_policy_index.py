@@ -44,6 +44,7 @@ def views(draw: st.DrawFn) -> ClusterView:
                 queued=queued,
                 is_draining=draw(st.integers(0, 9)) == 0,
                 model=draw(st.sampled_from(["a", "a", "b"])),
+                num_prefill_tokens=draw(st.sampled_from([0, 0, 512, 1024, 4096])),
             )
         )
         extra = draw(loads)[:3]

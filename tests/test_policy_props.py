@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,12 +14,14 @@ from llumctl.policy import (
     Migrate,
     NewRequest,
     PendingDispatch,
+    PolicyParams,
     Priority,
     RequestLoad,
     freeness,
     get_policy,
     infaas_load,
 )
+from llumctl.policy.dispatch import physical_room
 
 requests = st.lists(
     st.builds(
@@ -146,6 +149,64 @@ def test_a_draining_instance_is_always_a_migration_source(running: list[RequestL
     empty = InstanceLoad("b", 5000, 0)
     decisions = get_policy("llumnix").tick(ClusterView((drained, empty)))
     assert Migrate("a", "b", reason="drain") in decisions
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(instances(), min_size=2, max_size=6), st.data(), st.integers(1, 300))
+def test_step_aware_dispatch_takes_the_freest_instance_clear_of_a_long_prefill_with_room(
+    insts: list[InstanceLoad], data: st.DataObject, blocks: int
+) -> None:
+    """A request goes to the best-scoring instance that is not in a long prefill step
+    and has physical room for it; only when there is none, to the best score."""
+    avoid = get_policy("llumnix").params.dispatch_avoid_prefill_tokens
+    prefills = data.draw(
+        st.lists(
+            st.sampled_from([0, avoid - 1, avoid, 5 * avoid]),
+            min_size=len(insts),
+            max_size=len(insts),
+        )
+    )
+    insts = [
+        replace(i, instance_id=f"i{n}", num_prefill_tokens=p)
+        for n, (i, p) in enumerate(zip(insts, prefills, strict=True))
+    ]
+    new = [NewRequest("r", blocks)]
+    for name in ("llumnix", "llumnix-base"):
+        policy = get_policy(name)
+        off = policy.with_params(replace(policy.params, dispatch_avoid_prefill_tokens=0))
+        clear = [i for i in insts if i.num_prefill_tokens < avoid and physical_room(i) >= blocks]
+        expected = off.dispatch(ClusterView(tuple(clear or insts)), new)[0].instance_id
+        assert policy.dispatch(ClusterView(tuple(insts)), new)[0].instance_id == expected
+
+
+def test_step_aware_dispatch_is_freeness_policies_only_and_can_be_turned_off() -> None:
+    # The freest instance is prefilling a long prompt: one request, few blocks held.
+    prefilling = InstanceLoad(
+        "long", 800, 350, running=(RequestLoad("p", 350),), num_prefill_tokens=5000
+    )
+    loaded = InstanceLoad(
+        "busy", 800, 400, running=tuple(RequestLoad(f"d{k}", 40) for k in range(10))
+    )
+    view = ClusterView((prefilling, loaded))
+    new = [NewRequest("r", 10)]
+    assert get_policy("llumnix").dispatch(view, new)[0].instance_id == "busy"
+    # INFaaS++ is the paper's baseline as defined: freeness only.
+    assert get_policy("infaas++").dispatch(view, new)[0].instance_id == "long"
+    off = get_policy("llumnix", PolicyParams(dispatch_avoid_prefill_tokens=0))
+    assert off.dispatch(view, new)[0].instance_id == "long"
+    # An instance without room for the request is worse than waiting for a step: queued
+    # there, it would wait until memory frees.
+    full = InstanceLoad(
+        "full",
+        800,
+        800,
+        running=tuple(RequestLoad(f"f{k}", 80) for k in range(10)),
+        queued=(RequestLoad("q", 40, is_decoding=False),),
+    )
+    view = ClusterView((prefilling, full))
+    assert get_policy("llumnix").dispatch(view, new)[0].instance_id == "long"
+    # Migration and scaling read plain freeness: the prefill does not make it a source.
+    assert get_policy("llumnix").score(prefilling) > 0
 
 
 def test_a_burst_spreads_over_identical_instances() -> None:

@@ -145,3 +145,20 @@ def test_migration_primitives_move_a_request_between_instances() -> None:
     assert dst.generated(req) == 2
     assert run_until_idle(dst) == [req] and dst.num_free_blocks == 20
     assert not SimInstance("c", SMALL).reserve(21)
+
+
+def test_the_load_reports_the_prefill_of_the_step_in_progress() -> None:
+    """Step-aware dispatch reads it: between `step()` and the next one (the step the
+    caller is running), the view shows that step's prompt tokens, and 0 once it decodes."""
+    inst = SimInstance("i", LatencyProfile())
+    inst.add(SimRequest("long", prompt_tokens=3000, output_tokens=5))
+    assert inst.load(0.0).num_prefill_tokens == 0
+    first = inst.step()
+    assert first is not None and first.num_prefill_tokens == 3000
+    assert inst.load(0.0).num_prefill_tokens == 3000
+    inst.add(SimRequest("short", prompt_tokens=40, output_tokens=5))
+    second = inst.step()  # decodes "long", prefills "short"
+    assert second is not None and inst.load(0.0).num_prefill_tokens == 40
+    assert inst.step() is not None and inst.load(0.0).num_prefill_tokens == 0
+    run_until_idle(inst)
+    assert inst.load(0.0).num_prefill_tokens == 0

@@ -52,6 +52,8 @@ class EngineLoad:
     num_generated_tokens: int = 0
     # Preemptions since the engine started (a counter: short ones count too).
     num_preemptions_total: int = 0
+    # Prompt tokens running requests still have to prefill (see `InstanceLoad`).
+    num_prefill_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,20 @@ def physical_room(inst: InstanceLoad, pending: tuple[PendingDispatch, ...] = ())
     return inst.num_total_blocks - held
 
 
+def step_room(
+    inst: InstanceLoad, pending: tuple[PendingDispatch, ...], avoid_prefill_tokens: int
+) -> int:
+    """Step-aware dispatch: `physical_room`, or -1 when the instance's engine step in
+    progress prefills at least `avoid_prefill_tokens` prompt tokens (a request sent there
+    waits for that whole step). A request takes the best-scoring instance whose step room
+    fits it, if any (else the best score): an instance prefilling one long prompt holds
+    few requests and looks freest, but one without room for the request would make it
+    queue until memory frees, which is worse than waiting for a step."""
+    if inst.num_prefill_tokens >= avoid_prefill_tokens:
+        return -1
+    return physical_room(inst, pending)
+
+
 def pays_headroom(
     inst: InstanceLoad, pending: tuple[PendingDispatch, ...], priority: Priority
 ) -> bool:
@@ -61,6 +75,7 @@ def dispatch_by_score(
     score: Scorer,
     base_score: Callable[[InstanceLoad], float] | None = None,
     prefer: Preference | None = None,
+    avoid_prefill_tokens: int = 0,
 ) -> list[Dispatch]:
     """Send each request to the best-scoring live instance of its model.
 
@@ -70,6 +85,7 @@ def dispatch_by_score(
     when given, must equal `score(inst, ())` (it may be memoised per report); ties go to
     the larger instance id. `prefer`, when given, restricts a request to the instances it
     accepts whenever there is at least one (see `reserves_headroom_for`).
+    `avoid_prefill_tokens` > 0 turns on step-aware dispatch (see `step_room`).
     """
     pending = {iid: tuple(p) for iid, p in view.pending.items() if p}
     groups = _score_groups(view, pending, score, base_score)
@@ -79,7 +95,7 @@ def dispatch_by_score(
         if group is None:
             continue
         insts, ids, scores = group
-        index = _best(group, pending, req, prefer)
+        index = _best(group, pending, req, prefer, avoid_prefill_tokens)
         best_id = ids[index]
         new = PendingDispatch(req.request_id, req.num_blocks, req.priority)
         pending[best_id] = pending.get(best_id, ()) + (new,)
@@ -93,8 +109,10 @@ def _best(
     pending: dict[str, tuple[PendingDispatch, ...]],
     req: NewRequest,
     prefer: Preference | None,
+    avoid_prefill_tokens: int,
 ) -> int:
-    """Position of the winner in `group`: max (score, id), among preferred ones if any."""
+    """Position of the winner in `group`: max (score, id), among preferred ones if any,
+    then among those whose step room fits the request if any."""
     insts, ids, scores = group
     if prefer is not None and req.priority > Priority.NORMAL:
         liked = [
@@ -105,7 +123,18 @@ def _best(
         if liked:
             return max(liked)[2]
     _, best_id = max(zip(scores, ids, strict=True))
-    return ids.index(best_id)
+    best = ids.index(best_id)
+    if avoid_prefill_tokens <= 0:
+        return best
+    need = max(1, req.num_blocks)
+
+    def fits(k: int) -> bool:
+        return step_room(insts[k], pending.get(ids[k], ()), avoid_prefill_tokens) >= need
+
+    if fits(best):  # the common case: one check
+        return best
+    clear = [(scores[k], ids[k], k) for k in range(len(insts)) if fits(k)]
+    return max(clear)[2] if clear else best
 
 
 def _score_groups(

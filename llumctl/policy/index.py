@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llumctl.policy.decisions import Dispatch
-from llumctl.policy.dispatch import dispatch_order
+from llumctl.policy.dispatch import dispatch_order, step_room
 from llumctl.policy.registry import Policy
 from llumctl.policy.views import ClusterView, InstanceLoad, NewRequest, PendingDispatch, Priority
 
@@ -34,6 +34,8 @@ class _Entry:
     inst: InstanceLoad
     pending: tuple[PendingDispatch, ...]
     score: float
+    # Step-aware dispatch: `step_room` (computed once per report or pending change).
+    step_room: int
 
 
 class DispatchIndex:
@@ -52,6 +54,7 @@ class DispatchIndex:
         # placement rule looks at).
         self._high: dict[str, set[str]] = {}
         self._prefer = policy.dispatch_preference()
+        self._avoid_prefill_tokens = policy.avoid_prefill_tokens
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -62,7 +65,9 @@ class DispatchIndex:
         if inst.is_draining:
             return
         score = self.policy.dispatch_score(inst, pending)
-        self._entries[inst.instance_id] = _Entry(inst, pending, score)
+        avoid = self._avoid_prefill_tokens
+        room = step_room(inst, pending, avoid) if avoid > 0 else 0
+        self._entries[inst.instance_id] = _Entry(inst, pending, score, room)
         insort(self._sorted.setdefault(inst.model, []), (score, inst.instance_id))
         if self._prefer is not None and (
             any(r.priority > Priority.NORMAL for r in inst.running)
@@ -101,6 +106,14 @@ class DispatchIndex:
             ]
             if liked:
                 return max(liked)[1]
+        if self._avoid_prefill_tokens > 0:
+            # Step-aware: the best-scoring instance whose step room fits; usually the
+            # first one looked at, else a walk down the ranking.
+            need = max(1, req.num_blocks)
+            entries = self._entries
+            for _, iid in reversed(ranked):
+                if entries[iid].step_room >= need:
+                    return iid
         return ranked[-1][1]
 
     def dispatch(self, requests: Sequence[NewRequest]) -> list[Dispatch]:

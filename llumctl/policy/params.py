@@ -26,6 +26,13 @@ class PolicyParams:
     # waits behind all of them) or "head" (the virtual usage of migration: only the
     # head-of-line request). Migration and scaling always use the head-of-line rule.
     dispatch_queued_demand: str = "all"
+    # Step-aware dispatch (freeness policies; llumctl's addition, not in the paper): a
+    # request skips instances whose engine step in progress prefills at least this many
+    # prompt tokens (it would wait for the whole step) for the best-scoring instance not
+    # in such a step that has physical room for it, when there is one. Freeness cannot
+    # see a step: an instance prefilling one long prompt holds few requests and looks
+    # freest. 0 turns it off.
+    dispatch_avoid_prefill_tokens: int = 1024
     # Priority headroom: an instance holding high-priority requests reserves all but this
     # many tokens of KV for them (paper: ~1,600 tokens on a 13.6k-token A10 instance).
     high_priority_kv_budget_tokens: int = 1600

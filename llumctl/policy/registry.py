@@ -7,6 +7,9 @@
 | llumnix-base  | freeness (virtual usage)          | yes       | no         |
 | llumnix       | freeness (virtual usage)          | yes       | yes        |
 
+Freeness dispatch is also step-aware (`params.dispatch_avoid_prefill_tokens`, llumctl's
+addition, see `dispatch.step_room`).
+
 Every policy may auto-scale (when `params.is_scaling_enabled`), each on its own metric.
 """
 
@@ -75,8 +78,19 @@ class Policy:
         if self.metric == "round-robin":
             return dispatch_round_robin(view, requests)
         return dispatch_by_score(
-            view, requests, self.dispatch_score, self._memoised(), self.dispatch_preference()
+            view,
+            requests,
+            self.dispatch_score,
+            self._memoised(),
+            self.dispatch_preference(),
+            self.avoid_prefill_tokens,
         )
+
+    @property
+    def avoid_prefill_tokens(self) -> int:
+        """Step-aware dispatch's threshold (0 = off): freeness policies only; INFaaS++ is
+        the paper's baseline as defined."""
+        return self.params.dispatch_avoid_prefill_tokens if self.metric == "freeness" else 0
 
     def dispatch_preference(self) -> Preference | None:
         """The high-priority placement rule, for policies that reserve headroom."""

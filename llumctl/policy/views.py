@@ -62,6 +62,9 @@ class InstanceLoad:
     # Migrations in flight with this instance as source / destination.
     num_migrating_out: int = 0
     num_migrating_in: int = 0
+    # Prompt tokens (new prompts and recomputes) the engine step in progress is computing,
+    # 0 when it only decodes: a request dispatched here now waits for that step.
+    num_prefill_tokens: int = 0
 
     @property
     def num_free_blocks(self) -> int:

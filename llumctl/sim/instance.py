@@ -144,6 +144,9 @@ class SimInstance:
         self._admitted = 0
         self._resume_tokens = 0
         self.num_preempted_total = 0
+        # Prompt tokens prefilled by the step `step()` returned last: the step in
+        # progress, for a caller that runs it (reported for step-aware dispatch).
+        self.num_prefill_tokens = 0
 
     # ---- queries ------------------------------------------------------------------
     @property
@@ -272,6 +275,11 @@ class SimInstance:
     # ---- the step ---------------------------------------------------------------------
     def step(self) -> StepResult | None:
         """Run one engine step; None when there is nothing it can run now."""
+        result = self._next_step()
+        self.num_prefill_tokens = result.num_prefill_tokens if result is not None else 0
+        return result
+
+    def _next_step(self) -> StepResult | None:
         if not self._num_queued and not self._resume_tokens:
             return self._decode_only_step()
         if not self._running and not self._num_queued and not self._resume_tokens:
@@ -450,6 +458,7 @@ class SimInstance:
             block_size_tokens=self._bs,
             num_migrating_out=num_migrating_out,
             num_migrating_in=num_migrating_in,
+            num_prefill_tokens=self.num_prefill_tokens,
         )
 
     def _running_load(self, req: SimRequest) -> RequestLoad:

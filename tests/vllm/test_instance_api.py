@@ -155,3 +155,40 @@ async def test_paced_engine_steps_last_at_least_min_step_ms(vllm_instances, http
     elapsed = asyncio.get_running_loop().time() - start
     assert len(trace.tokens) == 300
     assert elapsed >= 299 * min_step_s, elapsed
+
+
+async def test_load_reports_a_prompt_while_it_is_prefilled_and_nothing_while_decoding(
+    vllm_instances, http
+):
+    """Step-aware dispatch reads `num_prefill_tokens`: the prompt tokens the step in
+    progress computes. Real vLLM: a 1,900-token prompt shows while its prefill step runs
+    (polled, a ~0.1-0.3 s window; up to 4 prompts, each new so no prefix-cache hit), and
+    a decoding request shows none (vLLM's snapshot lacks exactly its last token)."""
+    from agent.engines.vllm.sched_side import prefill_backlog
+    from tests.vllm.vllm_helpers import load_of
+
+    url = vllm_instances[0].url
+    assert (await load_of(http, url)).get("num_prefill_tokens", 0) == 0
+    seen: list[int] = []
+
+    async def poll(done: asyncio.Event) -> None:
+        while not done.is_set():
+            seen.append((await load_of(http, url)).get("num_prefill_tokens", 0))
+            await asyncio.sleep(0.002)
+
+    for attempt in range(4):
+        done = asyncio.Event()
+        poller = asyncio.create_task(poll(done))
+        await follow(http, url, body(f"prefill-{attempt}", prompt_ids(1900, 40 + attempt), 2))
+        done.set()
+        await poller
+        if max(seen) > 0:
+            break
+    assert 1800 <= max(seen) <= 1900, seen
+    # Decoding: a long paced request, sampled once it produced tokens.
+    task = asyncio.create_task(follow(http, url, body("decoding", prompt_ids(300, 50), 200)))
+    await wait_tokens(http, url, "decoding", 5)
+    assert (await load_of(http, url)).get("num_prefill_tokens", 0) == 0
+    await task
+    assert prefill_backlog({"tokens": 301, "computed": 300}) == 0
+    assert prefill_backlog({"tokens": 300, "computed": 0}) == 300

@@ -187,6 +187,7 @@ class SimEngine(Engine):
             view.num_preempted,
             self._num_generated,
             self._sim.num_preempted_total,
+            view.num_prefill_tokens,
         )
 
     # ---- the step loop ---------------------------------------------------------------

@@ -28,7 +28,7 @@ from agent.engines.base import (
 )
 from agent.engines.vllm.client import SnapshotFeed, SocketClient
 from agent.engines.vllm.params import build_engine_args, prepare_request, to_vllm_sampling
-from agent.engines.vllm.sched_side import KEY, MIGRATION, STAGED_TOKENS
+from agent.engines.vllm.sched_side import KEY, MIGRATION, STAGED_TOKENS, prefill_backlog
 from agent.engines.vllm.text import IncrementalText
 from llumctl.errors import EngineError, MigrationError, NotFoundError
 from llumctl.policy.views import Priority, RequestLoad
@@ -220,7 +220,7 @@ class VllmEngine(Engine):
 
     def load(self) -> EngineLoad:
         snap = self._feed.latest
-        running, queued, num_preempted = [], [], 0
+        running, queued, num_preempted, num_prefill = [], [], 0, 0
         for row in snap["requests"]:
             live = self._live.get(row["key"])
             priority = live.priority if live else Priority.NORMAL
@@ -239,13 +239,14 @@ class VllmEngine(Engine):
             )
             if row["status"] == "RUNNING":
                 running.append(item)
+                num_prefill += prefill_backlog(row)
             else:
                 queued.append(replace(item, is_decoding=False))
                 num_preempted += row["status"] == "PREEMPTED"
         used = snap["total"] - snap["free"] + sum(self._reserved.values())
         return EngineLoad(
             used, tuple(running), tuple(queued), num_preempted, self._num_generated_tokens,
-            snap.get("preemptions", 0),
+            snap.get("preemptions", 0), num_prefill,
         )  # fmt: skip
 
     # ---- source side of a migration -------------------------------------------------

@@ -32,6 +32,17 @@ def params_of(request: Any) -> dict[str, Any]:
     return getattr(request, "kv_transfer_params", None) or {}
 
 
+def prefill_backlog(row: dict[str, Any]) -> int:
+    """Tokens a running request's snapshot row still has to prefill.
+
+    Snapshots are taken while vLLM builds a step, before it advances `computed`: a
+    decoding request then lacks exactly its last sampled token, one being prefilled
+    (a new prompt, or a recompute after preemption) lacks more, and that prefill is
+    what the step in progress computes (its first chunk, when chunked)."""
+    missing = row["tokens"] - row["computed"]
+    return missing if missing > 1 else 0
+
+
 class SchedulerSide:
     def __init__(
         self, socket_path: str, block_size: int, num_total_blocks: int, min_step_s: float = 0.0
