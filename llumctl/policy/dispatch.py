@@ -114,14 +114,15 @@ def _best(
     """Position of the winner in `group`: max (score, id), among preferred ones if any,
     then among those whose step room fits the request if any."""
     insts, ids, scores = group
+
+    def best_where(ok: Callable[[int], bool]) -> int | None:
+        kept = [(scores[k], ids[k], k) for k in range(len(insts)) if ok(k)]
+        return max(kept)[2] if kept else None
+
     if prefer is not None and req.priority > Priority.NORMAL:
-        liked = [
-            (scores[k], ids[k], k)
-            for k, inst in enumerate(insts)
-            if prefer(inst, pending.get(ids[k], ()), req)
-        ]
-        if liked:
-            return max(liked)[2]
+        liked = best_where(lambda k: prefer(insts[k], pending.get(ids[k], ()), req))
+        if liked is not None:
+            return liked
     _, best_id = max(zip(scores, ids, strict=True))
     best = ids.index(best_id)
     if avoid_prefill_tokens <= 0:
@@ -133,8 +134,8 @@ def _best(
 
     if fits(best):  # the common case: one check
         return best
-    clear = [(scores[k], ids[k], k) for k in range(len(insts)) if fits(k)]
-    return max(clear)[2] if clear else best
+    clear = best_where(fits)
+    return best if clear is None else clear
 
 
 def _score_groups(
