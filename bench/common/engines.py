@@ -41,13 +41,20 @@ class EngineShape:
         return args
 
 
+# The executor llumctl's agent picks for engines sharing a CPU host's cores (the model
+# worker inside the engine-core process: agent/engines/vllm/params.worker_in_core), so the
+# two stacks compared run identical engine processes.
+IN_CORE_ARGS = ["--distributed-executor-backend", "uni"]
+IN_CORE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
 def launch_vllm(model_dir: Path, name: str, shape: EngineShape, log_dir: Path) -> Proc:
     """Start `python -m vllm.entrypoints.openai.api_server` (returns at once)."""
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     cmd += ["--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += shape.cli_args()
-    return spawn(name, cmd, f"http://127.0.0.1:{port}", log_dir, ENGINE_ENV)
+    cmd += shape.cli_args() + IN_CORE_ARGS
+    return spawn(name, cmd, f"http://127.0.0.1:{port}", log_dir, {**ENGINE_ENV, **IN_CORE_ENV})
 
 
 def start_vllm_servers(

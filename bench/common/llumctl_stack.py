@@ -47,6 +47,15 @@ class LlumctlCluster:
         r.raise_for_status()
         return int(r.json()["last_seq"])
 
+    def drain(self, instance: str) -> None:
+        """New requests stop going to `instance` (it keeps running)."""
+        body = {"instance": instance, "stop": False}
+        r = httpx.post(f"{self.url}/api/drain", json=body, headers=self.headers, timeout=30)
+        r.raise_for_status()
+
+    def instance_ids(self) -> list[str]:
+        return sorted(i["id"] for i in self.status()["instances"])
+
     def status(self) -> dict[str, Any]:
         r = httpx.get(f"{self.url}/api/status", headers=self.headers, timeout=60)
         r.raise_for_status()

@@ -127,7 +127,12 @@ def _write(path: Path, action: Any) -> None:
 
 
 def profile(
-    url: str = typer.Option(..., "--url", help="OpenAI base URL of ONE engine (not a router)."),
+    url: str = typer.Option(
+        ...,
+        "--url",
+        help="OpenAI base URL of ONE engine, or of a llumctl controller with one instance "
+        "taking requests (not a router spreading them).",
+    ),
     out: Path = typer.Option(..., "--out", help="Profile file to write (.toml or .json)."),
     model: str = typer.Option("", "--model", help="Model name (default: the first served)."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Checkpoint (KV size)."),
@@ -138,6 +143,13 @@ def profile(
         2048, "--max-num-batched-tokens", help="The engine's max_num_batched_tokens."
     ),
     dtype: str = typer.Option("", "--dtype", help="The engine's --dtype, if not the model's."),
+    kv_blocks: int = typer.Option(
+        0, "--kv-blocks", help="KV blocks per instance, if /metrics is not vLLM's (0: read)."
+    ),
+    block_size: int = typer.Option(0, "--block-size", help="KV block size, with --kv-blocks."),
+    max_model_len: int = typer.Option(
+        0, "--max-model-len", help="Context length, if /v1/models does not say (0: read)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print every measurement as JSON."),
 ) -> None:
     """Measure one engine (prefill, decode, KV capacity, transfer rate); write a sim profile."""
@@ -148,7 +160,21 @@ def profile(
         raise InputError(f"--out must end in .toml or .json, got {out.name!r}")
     if dtype and dtype not in ("float32", "float16", "bfloat16"):
         raise InputError(f"--dtype must be float32, float16 or bfloat16, got {dtype!r}")
-    settings = ProfileSettings(url, model, model_dir, name, quick, max_num_seqs, max_batched, dtype)
+    if min(kv_blocks, block_size, max_model_len) < 0 or bool(kv_blocks) != bool(block_size):
+        raise InputError("--kv-blocks and --block-size go together, as positive numbers")
+    settings = ProfileSettings(
+        url,
+        model,
+        model_dir,
+        name,
+        quick,
+        max_num_seqs,
+        max_batched,
+        dtype,
+        num_blocks=kv_blocks,
+        block_size=block_size,
+        max_model_len=max_model_len,
+    )
     result = asyncio.run(measure_engine(settings, progress=None if as_json else typer.echo))
     _write(out, lambda: out.write_text(profile_text(result, out.suffix)))
     if as_json:

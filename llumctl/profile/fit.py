@@ -1,7 +1,8 @@
 """Least-squares fits of measured points to the simulator's latency model (pure).
 
-Prefill of n tokens: `a*n + b*n^2` (the simulator's model has no constant term; a fixed
-per-request cost is absorbed by the fit). Decode step: `base + per_seq*B + per_token*S`.
+Time to first token of an n-token prompt: `c + a*n + b*n^2`, where `c` is the fixed cost
+of a request outside engine steps (the profile's `request_overhead_ms`) and `a*n + b*n^2`
+the prefill step. Decode step: `base + per_seq*B + per_token*S`.
 Coefficients are non-negative because the profile format rejects negative values; a term
 whose unconstrained fit is negative is dropped and the rest refitted.
 """
@@ -29,11 +30,11 @@ def nonneg_lstsq(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[f
     return [float(c) for c in coef]
 
 
-def fit_prefill(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
-    """(per_token_ms, quadratic_ms) from (prompt tokens, prefill ms) points."""
-    rows = [(n, n * n) for n, _ in points]
-    per_token, quadratic = nonneg_lstsq(rows, [ms for _, ms in points])
-    return per_token, quadratic
+def fit_prefill(points: Sequence[tuple[int, float]]) -> tuple[float, float, float]:
+    """(overhead_ms, per_token_ms, quadratic_ms) from (prompt tokens, TTFT ms) points."""
+    rows = [(1.0, n, n * n) for n, _ in points]
+    overhead, per_token, quadratic = nonneg_lstsq(rows, [ms for _, ms in points])
+    return overhead, per_token, quadratic
 
 
 def fit_decode(points: Sequence[tuple[int, int, float]]) -> tuple[float, float, float]:

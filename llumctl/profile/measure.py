@@ -1,9 +1,11 @@
 """Drive one engine through its OpenAI API and collect the points a profile is fitted to.
 
 Prefill: one request at a time, prompt of n tokens, one output token: its TTFT is the
-prefill time of n tokens (plus fixed per-request costs, which the fit absorbs). Decode: B
-requests of L prompt tokens sent together; their time per output token is the decode step
-at batch B with about B*(L + out/2) resident tokens. Each measurement uses fresh prompt
+prefill time of n tokens plus the fixed cost of a request on this path (HTTP, tokenization,
+relay), which the fit separates as `request_overhead_ms`. Decode: B requests of L prompt
+tokens sent together; their time per output token is the decode step at batch B with about
+B*(L + out/2) resident tokens. Every point is the median of `repeats` measurements: one
+scheduling hiccup of a shared machine must not become a coefficient. Each measurement uses fresh prompt
 ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
 """
 
@@ -40,6 +42,11 @@ class ProfileSettings:
     max_num_batched_tokens: int = 2048
     # The engine's --dtype when it overrides the checkpoint's (KV bytes per token).
     dtype: str = ""
+    # KV capacity and context length, for an endpoint whose /metrics and /v1/models do not
+    # say (a llumctl controller); 0 = read them from the engine.
+    num_blocks: int = 0
+    block_size: int = 0
+    max_model_len: int = 0
 
     @property
     def prefill_lengths(self) -> list[int]:
@@ -76,7 +83,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     decode = [await _decode_point(gen, b, min(n, limit), settings) for b, n in settings.decode_grid]
     _say(progress, "transfer: loopback TCP")
     gbps = loopback_transfer_gbps()
-    per_token, quadratic = fit_prefill(prefill)
+    overhead, per_token, quadratic = fit_prefill(prefill)
     base, per_seq, per_resident = fit_decode(decode)
     profile = {
         "name": settings.name,
@@ -85,6 +92,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "decode_per_token_ms": per_resident,
         "prefill_per_token_ms": per_token,
         "prefill_quadratic_ms": quadratic,
+        "request_overhead_ms": overhead,
         "num_total_blocks": facts["num_blocks"],
         "block_size_tokens": facts["block_size"],
         "kv_bytes_per_token": facts["kv_bytes_per_token"],
@@ -116,11 +124,13 @@ async def _prefill_ms(gen: LoadGenerator, n: int, repeats: int, seed: int) -> fl
 async def _decode_point(
     gen: LoadGenerator, batch: int, prompt: int, settings: ProfileSettings
 ) -> tuple[int, int, float]:
-    gen.seed = 7_000_000 + batch * 10_000 + prompt
     out = settings.decode_tokens
-    records, _ = await gen.run([BenchRequest(0.0, prompt, out) for _ in range(batch)])
-    tpot_ms = statistics.mean(r.tpot_s for r in _ok(records)) * 1000
-    return batch, batch * (prompt + out // 2), tpot_ms
+    times = []
+    for rep in range(settings.repeats):
+        gen.seed = 7_000_000 + batch * 10_000 + prompt * 10 + rep
+        records, _ = await gen.run([BenchRequest(0.0, prompt, out) for _ in range(batch)])
+        times.append(statistics.mean(r.tpot_s for r in _ok(records)) * 1000)
+    return batch, batch * (prompt + out // 2), float(statistics.median(times))
 
 
 def _ok(records: list[Any]) -> list[Any]:
@@ -147,11 +157,14 @@ async def engine_facts(gen: LoadGenerator, settings: ProfileSettings) -> dict[st
     entry = next((m for m in served if m["id"] == settings.model), served[0])
     if settings.model and entry["id"] != settings.model:
         raise InputError(f"{gen.base_url} does not serve {settings.model!r}")
-    blocks, block_size = kv_blocks(metrics)
+    if settings.num_blocks and settings.block_size:
+        blocks, block_size = settings.num_blocks, settings.block_size
+    else:
+        blocks, block_size = kv_blocks(metrics)
     model_dir = settings.model_dir or Path(str(entry.get("root", "")))
     return {
         "model": entry["id"],
-        "max_model_len": int(entry.get("max_model_len") or 2048),
+        "max_model_len": settings.max_model_len or int(entry.get("max_model_len") or 2048),
         "num_blocks": blocks,
         "block_size": block_size,
         "kv_bytes_per_token": kv_bytes_per_token(model_dir, settings.dtype),
@@ -167,7 +180,10 @@ def kv_blocks(metrics_text: str) -> tuple[int, int]:
                 return int(labels["num_gpu_blocks"]), int(labels["block_size"])
             except (KeyError, ValueError):
                 break
-    raise InputError("the engine's /metrics has no vllm:cache_config_info (is it vLLM?)")
+    raise InputError(
+        "the engine's /metrics has no vllm:cache_config_info (not vLLM itself?): "
+        "pass --kv-blocks and --block-size"
+    )
 
 
 def kv_bytes_per_token(model_dir: Path, dtype: str = "") -> int:

@@ -46,8 +46,14 @@ def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def latency_metrics(requests: Sequence[SimRequest]) -> dict[str, Any]:
-    """Latency metrics of finished requests; None values for an empty set."""
+def latency_metrics(
+    requests: Sequence[SimRequest], request_overhead_s: float = 0.0
+) -> dict[str, Any]:
+    """Latency metrics of finished requests; None values for an empty set.
+
+    `request_overhead_s` (the profile's fixed cost outside engine steps) is added to every
+    request's prefill latency and end-to-end time; it does not change time per token.
+    """
     out: dict[str, Any] = {"num_requests": len(requests)}
     if not requests:
         out.update({key: None for key in METRIC_KEYS})
@@ -55,8 +61,8 @@ def latency_metrics(requests: Sequence[SimRequest]) -> dict[str, Any]:
     prefill, decode, total = [], [], []
     for req in requests:
         assert req.first_token_time is not None and req.finish_time is not None
-        prefill.append(req.first_token_time - req.arrival_time)
-        total.append(req.finish_time - req.arrival_time)
+        prefill.append(req.first_token_time - req.arrival_time + request_overhead_s)
+        total.append(req.finish_time - req.arrival_time + request_overhead_s)
         if req.output_tokens > 1:
             decode.append((req.finish_time - req.first_token_time) / (req.output_tokens - 1))
     out["prefill_mean"] = _mean(prefill)

@@ -9,6 +9,9 @@ keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency 
     decode_per_token_ms    0.0012
     prefill_per_token_ms   0.211    prefill of n tokens = per_token * n + quadratic * n^2
     prefill_quadratic_ms   4e-6       (summed over the prompts prefilled in a step)
+    request_overhead_ms    0.0      fixed latency of every request outside engine steps
+                                      (HTTP, tokenization, relay, first-token streaming):
+                                      added to its TTFT and end-to-end time, engine not busy
     num_total_blocks       850      KV capacity M in blocks (850 * 16 = 13,600 tokens)
     block_size_tokens      16
     kv_bytes_per_token     524288   KV bytes per token (7B fp16: 512 KiB), for migration
@@ -43,6 +46,8 @@ class LatencyProfile:
     decode_per_token_ms: float = 0.0012
     prefill_per_token_ms: float = 0.211
     prefill_quadratic_ms: float = 4e-6
+    # The paper's numbers are engine times; a measured profile fits what clients see.
+    request_overhead_ms: float = 0.0
     num_total_blocks: int = 850
     block_size_tokens: int = 16
     kv_bytes_per_token: int = 512 * 1024

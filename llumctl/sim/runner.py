@@ -40,9 +40,10 @@ def run_policy(
     sim = Simulation(requests, policy, exp.config, exp.profile)
     raw = sim.run(progress)
     done = [r for r in sim.requests if r.finish_time is not None]
-    result = latency_metrics(done)
+    overhead_s = exp.profile.request_overhead_ms / 1000.0
+    result = latency_metrics(done, overhead_s)
     result.update(raw)
-    result["high"] = latency_metrics([r for r in done if r.priority > 0])
+    result["high"] = latency_metrics([r for r in done if r.priority > 0], overhead_s)
     return result
 
 

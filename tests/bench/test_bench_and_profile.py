@@ -115,6 +115,27 @@ def test_profile_writes_a_simulator_profile(openai_server, tmp_path: Path) -> No
     assert data == {k: v for k, v in result["profile"].items()} | {"name": "tiny-cpu"}
 
 
+def test_profile_takes_kv_facts_given_for_an_endpoint_that_hides_them(
+    openai_server, tmp_path: Path
+) -> None:
+    # A llumctl controller has neither vLLM's /metrics nor max_model_len in /v1/models:
+    # the operator says them; given values win over what the engine reports.
+    out_file = tmp_path / "given.json"
+    half = llumctl(
+        "profile", "--url", openai_server.url, "--out", str(out_file), "--kv-blocks", "7"
+    )
+    assert half.returncode == 2
+    assert "--kv-blocks and --block-size go together" in half.stderr
+    out = llumctl(
+        "profile", "--url", openai_server.url, "--out", str(out_file), "--quick",
+        "--kv-blocks", "7", "--block-size", "64", "--max-model-len", "900", "--dtype", "float32",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    profile = LatencyProfile.from_dict(json.loads(out_file.read_text()))
+    assert (profile.num_total_blocks, profile.block_size_tokens) == (7, 64)
+    assert profile.max_model_len == 900 != MAX_MODEL_LEN
+
+
 def test_profile_json_file_and_unknown_model(openai_server, tmp_path: Path) -> None:
     out = llumctl(
         "profile", "--url", openai_server.url, "--out", str(tmp_path / "p.json"),

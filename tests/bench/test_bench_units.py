@@ -16,9 +16,8 @@ from llumctl.sim.workload import WorkloadSpec, generate
 
 
 def test_fits_recover_known_coefficients() -> None:
-    prefill = [(n, 0.5 * n + 1e-4 * n * n) for n in (32, 128, 512, 1024)]
-    per_token, quadratic = fit_prefill(prefill)
-    assert per_token == pytest.approx(0.5) and quadratic == pytest.approx(1e-4)
+    prefill = [(n, 12 + 0.5 * n + 1e-4 * n * n) for n in (32, 128, 512, 1024)]
+    assert fit_prefill(prefill) == pytest.approx((12, 0.5, 1e-4))
     decode = [(b, s, 20 + 0.3 * b + 0.002 * s) for b in (1, 4, 16) for s in (100, 3000)]
     assert fit_decode(decode) == pytest.approx((20, 0.3, 0.002))
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,6 +133,42 @@ def test_min_step_ms_goes_to_the_connector_and_bad_values_are_refused(tmp_path):
     for bad in (-1, "fast", True):
         with pytest.raises(InputError, match="min_step_ms must be a number >= 0"):
             build_engine_args("m", {"min_step_ms": bad}, str(tmp_path))
+
+
+def test_worker_runs_in_core_only_on_cpu_hosts_that_share_cores(tmp_path):
+    from agent.engines.vllm.params import build_engine_args, worker_in_core
+
+    shared = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    assert worker_in_core(True, {}, shared)
+    assert not worker_in_core(False, {}, shared)  # GPU: vLLM's own choice
+    assert not worker_in_core(True, {}, {})  # one engine, pinned threads: vLLM's "mp"
+    assert not worker_in_core(True, {"distributed_executor_backend": "mp"}, shared)
+    assert not worker_in_core(True, {"tensor_parallel_size": 2}, shared)
+    assert (
+        build_engine_args("m", {}, str(tmp_path), in_core=True).distributed_executor_backend
+        == "uni"
+    )
+    assert build_engine_args("m", {}, str(tmp_path)).distributed_executor_backend is None
+
+
+def test_instances_sharing_cores_have_no_separate_worker_process(vllm_instances):
+    # Under each instance process, one vLLM engine-core process and no worker process
+    # busy-waiting on a shared-memory queue beside it (params.worker_in_core).
+    for inst in vllm_instances:
+        titles = [_title(pid) for pid in _descendants(inst.pid)]
+        assert [t for t in titles if t.startswith("VLLM::")] == ["VLLM::EngineCore"], titles
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _title(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
 
 
 def test_vllm_detokenizes_only_for_stop_strings():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -27,7 +28,12 @@ from agent.engines.base import (
     StoppedRequest,
 )
 from agent.engines.vllm.client import SnapshotFeed, SocketClient
-from agent.engines.vllm.params import build_engine_args, prepare_request, to_vllm_sampling
+from agent.engines.vllm.params import (
+    build_engine_args,
+    prepare_request,
+    to_vllm_sampling,
+    worker_in_core,
+)
 from agent.engines.vllm.sched_side import KEY, MIGRATION, STAGED_TOKENS, prefill_backlog
 from agent.engines.vllm.text import IncrementalText
 from llumctl.errors import EngineError, MigrationError, NotFoundError
@@ -69,10 +75,16 @@ class VllmEngine(Engine):
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> EngineSpec:
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._socket_dir = tempfile.mkdtemp(prefix="llumctl-kv-")
-        args = build_engine_args(self.model, self.engine_args, self._socket_dir)
+        in_core = worker_in_core(current_platform.is_cpu(), self.engine_args, os.environ)
+        if in_core:
+            # vLLM's CPU platform turns "uni" back into "mp" unless this is off. It governs
+            # only LLMEngine's in-process mode, which this process (AsyncLLM) never uses.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        args = build_engine_args(self.model, self.engine_args, self._socket_dir, in_core)
         try:
             self._llm = AsyncLLM.from_engine_args(args)
         except Exception as exc:  # vLLM raises many types; all mean "did not start"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from agent.engines.base import PreparedRequest
@@ -23,11 +24,16 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
 CONNECTOR_ARGS = ("min_step_ms",)
 
 
-def build_engine_args(model: str, overrides: dict[str, Any], socket_dir: str) -> Any:
+def build_engine_args(
+    model: str, overrides: dict[str, Any], socket_dir: str, in_core: bool = False
+) -> Any:
+    """vLLM's engine args for one instance (`in_core`: see `worker_in_core`)."""
     from vllm.config import KVTransferConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     args = {**DEFAULT_ENGINE_ARGS, **overrides}
+    if in_core:
+        args["distributed_executor_backend"] = "uni"
     extra: dict[str, Any] = {"socket_dir": socket_dir}
     for key in CONNECTOR_ARGS:
         if key in args:
@@ -42,6 +48,25 @@ def build_engine_args(model: str, overrides: dict[str, Any], socket_dir: str) ->
         return AsyncEngineArgs(model=model, kv_transfer_config=kv, **args)
     except TypeError as exc:
         raise InputError(f"bad engine argument: {exc}") from None
+
+
+def worker_in_core(is_cpu: bool, args: Mapping[str, Any], env: Mapping[str, str]) -> bool:
+    """Whether to run the model worker inside the engine-core process ("uni" executor).
+
+    vLLM's default executor on CPU puts the worker in a process of its own, and each side
+    busy-waits (sched_yield) on their shared-memory queue for 1 s after every message. On
+    a host where llumctl runs several engines on shared cores (`VLLM_CPU_OMP_THREADS_BIND
+    =nobind`, so the worker process's thread pinning does nothing) those spinning pairs
+    take the cores from the engines' own HTTP, streaming and relay work: on 2 cores with 3
+    engines, TTFT was 6x and TPOT 2x what the same cluster shows with the worker in-core
+    (docs/architecture.md, Processes). Any explicit choice by the user wins.
+    """
+    if not is_cpu or env.get("VLLM_CPU_OMP_THREADS_BIND") != "nobind":
+        return False
+    if "distributed_executor_backend" in args:
+        return False
+    parallel = (args.get("tensor_parallel_size", 1), args.get("pipeline_parallel_size", 1))
+    return parallel == (1, 1)
 
 
 def _non_negative(key: str, value: Any) -> float:
