@@ -8,7 +8,7 @@ import sys
 
 from agent.agent_config import agent_config, load_agent_config
 from llumctl.errors import LlumctlError
-from llumctl.listen import bind_tcp
+from llumctl.listen import bind_tcp, server_config
 from llumctl.logsetup import setup_logging
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     except LlumctlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=config.port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host, config.port))
 
     def stop() -> None:
         server.should_exit = True

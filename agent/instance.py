@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agent.runtime import Instance
 from agent.streams import RequestStream
 from llumctl.errors import AuthError, InputError, LlumctlError
-from llumctl.listen import bind_tcp
+from llumctl.listen import bind_tcp, server_config
 from llumctl.logsetup import setup_logging
 from llumctl.protocol import (
     GenerateRequest,
@@ -205,9 +205,8 @@ async def serve(args: argparse.Namespace) -> None:
     await instance.start()
     root = FastAPI()
     root.mount(base, create_app(instance))
-    config = uvicorn.Config(root, host=args.host, port=args.port, log_level="warning")
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await uvicorn.Server(server_config(root, args.host, args.port)).serve(sockets=[sock])
     finally:
         await instance.shutdown()
 

@@ -104,11 +104,13 @@ def assemble(parts: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(parts: dict[str, Any], base: dict[str, Any], start: float) -> Path:
-    """Write suite.json, side_by_side.json and report.md from the phases done so far."""
+    """Write suite.json, side_by_side.json/.md and report.md from the phases done so far."""
     suite = assemble(parts, base)
     suite["durations_s"] = {**parts["timings"], "total": time.monotonic() - start}
     if "side_by_side" in suite:
-        side_by_side.write_json(suite["side_by_side"]["results"], base["machine"], base["sbs"])
+        machine = {**base["machine"], "load_avg_at_end": suite["load_avg_at_end"]}
+        side_by_side.write_json(suite["side_by_side"]["results"], machine, base["sbs"])
+        side_by_side.write_markdown(suite["side_by_side"]["results"], machine, base["sbs"])
     text = json.dumps({k: v for k, v in suite.items() if k != "sbs"}, indent=2, default=_plain)
     (RESULTS / "suite.json").write_text(text + "\n")
     return write_report(json.loads(text), RESULTS / "report.md")

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from llumctl.errors import InputError
+
+# How long our servers keep an idle keep-alive connection: far longer than any client's
+# pool keeps one (httpx: 5 s). With equal limits (uvicorn's default is also 5 s), a client
+# can send a request on a connection the server is closing at that instant; the request
+# then fails with "server disconnected" before the server ever read it.
+KEEP_ALIVE_S = 75
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -26,3 +33,12 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock.close()
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock
+
+
+def server_config(app: Any, host: str, port: int) -> Any:
+    """The uvicorn config every llumctl daemon serves with (one place for its settings)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S
+    )

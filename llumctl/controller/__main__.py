@@ -8,7 +8,7 @@ import sys
 
 from llumctl.controller.config import ControllerConfig, config_from_dict, load_config
 from llumctl.errors import LlumctlError
-from llumctl.listen import bind_tcp
+from llumctl.listen import bind_tcp, server_config
 from llumctl.logsetup import setup_logging
 
 
@@ -52,10 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     except LlumctlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    uv_config = uvicorn.Config(
-        create_app(config), host=config.host, port=config.port, log_level="warning"
-    )
-    uvicorn.Server(uv_config).run(sockets=[sock])
+    uvicorn.Server(server_config(create_app(config), config.host, config.port)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import httpx
 
 from llumctl.controller.config import ControllerConfig
 from llumctl.errors import ConnectionFailed
-from llumctl.listen import bind_tcp
+from llumctl.listen import bind_tcp, server_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -128,10 +128,7 @@ class ThreadedController:
         self.config = config
         self.app = create_app(config)
         self.controller = self.app.state.controller
-        uv_config = uvicorn.Config(
-            self.app, host=config.host, port=config.port, log_level="warning"
-        )
-        self._server = uvicorn.Server(uv_config)
+        self._server = uvicorn.Server(server_config(self.app, config.host, config.port))
         sockets = [bind_tcp(config.host, config.port)]
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": sockets}, daemon=True

@@ -30,6 +30,9 @@ from llumctl.controller.state import RequestRecord
 from llumctl.errors import AuthError, ConnectionFailed, EngineError, LlumctlError
 from llumctl.protocol import EventType, GenerateRequest
 
+# Instances tried for one request before it fails with a 503.
+_OPEN_ATTEMPTS = 3
+
 
 def register(app: FastAPI, ctrl: Controller) -> None:
     @app.post("/v1/completions")
@@ -102,14 +105,18 @@ async def _open(ctrl: Controller, record: RequestRecord, parsed: ParsedRequest) 
         sampling=parsed.sampling,
         priority=parsed.priority,
     )
-    entry = await ctrl.dispatcher.choose(record)
-    stream = RequestStream(ctrl.instance_client, record, generate, entry.info.url, ctrl.on_move)
-    try:
-        await stream.open()
-    except ConnectionFailed as exc:
-        ctrl.actuator.instance_failed(entry.id, f"unreachable at dispatch: {exc}")
-        raise EngineError(f"instance {entry.id} is unreachable; retry") from None
-    return stream
+    # The request has not started anywhere while its stream fails to open: an unreachable
+    # instance leaves the cluster view and the request goes to the next choice.
+    for _ in range(_OPEN_ATTEMPTS):
+        entry = await ctrl.dispatcher.choose(record)
+        url = entry.info.url
+        stream = RequestStream(ctrl.instance_client, record, generate, url, ctrl.on_move)
+        try:
+            await stream.open()
+            return stream
+        except ConnectionFailed as exc:
+            ctrl.actuator.instance_failed(entry.id, f"unreachable at dispatch: {exc}")
+    raise EngineError(f"instance {entry.id} is unreachable; retry")
 
 
 async def _collect(

@@ -200,3 +200,31 @@ def test_sequential_requests_reuse_the_controllers_connection_to_the_instance(cl
             if kind == "stream":
                 assert sum(1 for c in out if c.choices and c.choices[0].text) == 3
     assert _num_closed_connections(agent_port) - before <= 4
+
+
+def test_a_request_goes_on_when_its_first_instance_is_unreachable(cluster):
+    # An instance that reports as the freest but whose API does not answer (its process
+    # died after its last report): the request is served by another instance, not lost.
+    from llumctl.policy.views import InstanceLoad
+    from llumctl.protocol import InstanceInfo, LoadReport, to_json_dict
+    from tests.conftest import free_port
+
+    controller, _, ids = cluster
+    dead = f"http://127.0.0.1:{free_port()}/instances/dead"
+    info = InstanceInfo("dead", dead, "sim", MODEL, fingerprint=_fingerprint(controller))
+    load = InstanceLoad("dead", num_total_blocks=10**6, num_used_blocks=0, model=MODEL)
+    report = to_json_dict(LoadReport(info, load))
+    assert api(controller, "POST", "/internal/load", json=report).status_code == 200
+    text = _client(controller).completions.create(model=MODEL, prompt="one two", max_tokens=3)
+    assert text.usage.completion_tokens == 3
+    events = api(controller, "GET", "/api/events", params={"kind": "dispatch"}).json()["events"]
+    assert [e["instance"] for e in events[-2:]] == ["dead", events[-1]["instance"]]
+    assert events[-1]["instance"] in ids
+    failures = api(controller, "GET", "/api/events", params={"kind": "failure"}).json()["events"]
+    assert failures[-1]["instance"] == "dead"
+    assert "unreachable at dispatch" in failures[-1]["reason"]
+
+
+def _fingerprint(controller) -> str:
+    status = api(controller, "GET", "/api/status").json()
+    return status["instances"][0].get("fingerprint", "")
