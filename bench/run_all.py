@@ -15,9 +15,11 @@ report.md (the latest report).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,13 @@ def save(parts: dict[str, Any], base: dict[str, Any], start: float) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="work in DIR and keep it (every stack's logs: controller, agent, instances, "
+        "engines, router) instead of a temporary directory removed at the end",
+    )
     args = parser.parse_args()
     from agent.models import cached_model
 
@@ -135,8 +144,7 @@ def main() -> None:
         "config": {"side_by_side": sbs, "overhead": ovh, "fidelity": fid, "shape": sbs.shape},
     }
     parts: dict[str, Any] = {"timings": {}, "failures": {}}
-    with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
-        work = Path(tmp)
+    with _work_dir(args.keep) as work:
         phases = {
             "llumctl": lambda: phase_llumctl(sbs, ovh, fid, model_dir, work, args.quick),
             "router": lambda: phase_router(sbs, ovh, model_dir, work),
@@ -153,6 +161,17 @@ def main() -> None:
             path = save(parts, base, start)
             print(f"{name} phase done; report so far: {path}", flush=True)
     print(f"wrote {path} in {(time.monotonic() - start) / 60:.1f} min", flush=True)
+
+
+@contextlib.contextmanager
+def _work_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        print(f"logs kept in {keep}", flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
+        yield Path(tmp)
 
 
 def _plain(obj: Any) -> Any:
