@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.common.engines import EngineShape
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest, RequestRecord
 from llumctl.bench.stats import mean, percentile
@@ -50,7 +51,7 @@ class FidelityConfig:
 
 
 def profile_engine(
-    url: str, shape: Any, model_dir: Path, out: Path, quick: bool = False
+    url: str, shape: EngineShape, model_dir: Path, out: Path, quick: bool = False
 ) -> dict[str, Any]:
     """`llumctl profile` through a llumctl controller with one instance taking requests
     (its KV facts are the engine shape's); writes the profile file."""

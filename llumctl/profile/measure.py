@@ -5,8 +5,8 @@ prefill time of n tokens plus the fixed cost of a request on this path (HTTP, to
 relay), which the fit separates as `request_overhead_ms`. Decode: B requests of L prompt
 tokens sent together; their time per output token is the decode step at batch B with about
 B*(L + out/2) resident tokens. Every point is the median of `repeats` measurements: one
-scheduling hiccup of a shared machine must not become a coefficient. Each measurement uses fresh prompt
-ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
+scheduling hiccup of a shared machine must not become a coefficient. Each measurement uses
+fresh prompt ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
 """
 
 from __future__ import annotations
