@@ -160,8 +160,10 @@ def profile(
         raise InputError(f"--out must end in .toml or .json, got {out.name!r}")
     if dtype and dtype not in ("float32", "float16", "bfloat16"):
         raise InputError(f"--dtype must be float32, float16 or bfloat16, got {dtype!r}")
-    if min(kv_blocks, block_size, max_model_len) < 0 or bool(kv_blocks) != bool(block_size):
+    if min(kv_blocks, block_size) < 0 or bool(kv_blocks) != bool(block_size):
         raise InputError("--kv-blocks and --block-size go together, as positive numbers")
+    if max_model_len < 0:
+        raise InputError(f"--max-model-len must be positive, got {max_model_len}")
     settings = ProfileSettings(
         url,
         model,

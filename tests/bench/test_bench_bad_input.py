@@ -68,3 +68,16 @@ def test_profile_needs_a_known_suffix(tmp_path: Path) -> None:
 def test_profile_unreachable_endpoint(tmp_path: Path) -> None:
     out = llumctl("profile", "--url", unused_url(), "--out", str(tmp_path / "p.toml"))
     assert_one_line(out, 4, "cannot reach")
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["--kv-blocks", "7"], "--kv-blocks and --block-size go together"),
+        (["--kv-blocks", "-7", "--block-size", "32"], "--kv-blocks and --block-size go together"),
+        (["--max-model-len", "-1"], "--max-model-len must be positive"),
+    ],
+)
+def test_profile_bad_kv_facts(tmp_path: Path, args: list[str], text: str) -> None:
+    out = llumctl("profile", "--url", unused_url(), "--out", str(tmp_path / "p.toml"), *args)
+    assert_one_line(out, 2, text)
