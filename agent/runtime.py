@@ -20,7 +20,7 @@ from agent.llumlet import MigrationSource, RequestRecord
 from agent.llumlet_in import MigrationDestination
 from agent.streams import RequestStream, StreamRegistry
 from agent.transfer import KvTransport, TcpTransport
-from llumctl.errors import InputError, LlumctlError
+from llumctl.errors import InputError, InstanceDraining, LlumctlError
 from llumctl.protocol import (
     GenerateRequest,
     InstanceInfo,
@@ -103,7 +103,7 @@ class Instance:
     # ---- requests ------------------------------------------------------------------
     async def submit(self, request: GenerateRequest) -> RequestStream:
         if self.is_draining:
-            raise InputError(f"instance {self.instance_id} is draining")
+            raise InstanceDraining(f"instance {self.instance_id} is draining")
         prepared = await self.engine.prepare(request)
         stream = RequestStream(request.request_id, num_prompt_tokens=len(prepared.prompt_token_ids))
         self.streams.create(stream)

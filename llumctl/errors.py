@@ -12,6 +12,7 @@ each to a one-line message and an exit code, and the HTTP servers to a 4xx/5xx b
     ├── ConnectionFailed     a host, agent, controller or instance cannot be reached
     ├── ProvisionError       a bootstrap step failed on a host
     ├── EngineError          an engine failed to start or died
+    │   └── InstanceDraining an instance takes no new requests (draining): try another
     └── MigrationError       a migration was refused or aborted; carries a named reason
 """
 
@@ -56,6 +57,14 @@ class ProvisionError(LlumctlError):
 class EngineError(LlumctlError):
     exit_code = 6
     http_status = 503
+
+
+class InstanceDraining(EngineError):
+    """An instance refused a new request because it is draining. Not the caller's fault:
+    the controller sends the request to another instance (`reason` lets it tell this
+    refusal from other 503s)."""
+
+    reason = "draining"
 
 
 class MigrationError(LlumctlError):

@@ -17,6 +17,7 @@ from llumctl.errors import (
     ConnectionFailed,
     EngineError,
     InputError,
+    InstanceDraining,
     LlumctlError,
     MigrationError,
     NotFoundError,
@@ -58,16 +59,22 @@ def raise_for(resp: httpx.Response, what: str) -> None:
     if resp.status_code == 404:
         raise NotFoundError(message)
     if resp.status_code == 409:
-        reason = "refused"
-        try:
-            body = resp.json()
-            reason = str(body.get("reason") or body.get("error", {}).get("reason") or reason)
-        except (ValueError, AttributeError):
-            pass
-        raise MigrationError(message, reason=reason)
+        raise MigrationError(message, reason=_reason(resp) or "refused")
     if resp.status_code < 500:
         raise InputError(message)
+    if _reason(resp) == InstanceDraining.reason:
+        raise InstanceDraining(message)
     raise EngineError(message)
+
+
+def _reason(resp: httpx.Response) -> str | None:
+    """The named reason of an error body (`{"reason"}` or `{"error": {"reason"}}`)."""
+    try:
+        body = resp.json()
+        reason = body.get("reason") or body.get("error", {}).get("reason")
+    except (ValueError, AttributeError):
+        return None
+    return str(reason) if reason else None
 
 
 class InstanceClient:

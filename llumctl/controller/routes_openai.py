@@ -27,7 +27,13 @@ from llumctl.controller.openai_api import (
 )
 from llumctl.controller.relay import RequestStream
 from llumctl.controller.state import RequestRecord
-from llumctl.errors import AuthError, ConnectionFailed, EngineError, LlumctlError
+from llumctl.errors import (
+    AuthError,
+    ConnectionFailed,
+    EngineError,
+    InstanceDraining,
+    LlumctlError,
+)
 from llumctl.protocol import EventType, GenerateRequest
 
 # Instances tried for one request before it fails with a 503.
@@ -105,8 +111,10 @@ async def _open(ctrl: Controller, record: RequestRecord, parsed: ParsedRequest) 
         sampling=parsed.sampling,
         priority=parsed.priority,
     )
-    # The request has not started anywhere while its stream fails to open: an unreachable
-    # instance leaves the cluster view and the request goes to the next choice.
+    # The request has not started anywhere while its stream fails to open, so it goes to
+    # the next choice: an unreachable instance leaves the cluster view; one that began
+    # draining between the choice and the open (a scale-down racing the dispatch) stops
+    # taking requests.
     for _ in range(_OPEN_ATTEMPTS):
         entry = await ctrl.dispatcher.choose(record)
         url = entry.info.url
@@ -116,7 +124,10 @@ async def _open(ctrl: Controller, record: RequestRecord, parsed: ParsedRequest) 
             return stream
         except ConnectionFailed as exc:
             ctrl.actuator.instance_failed(entry.id, f"unreachable at dispatch: {exc}")
-    raise EngineError(f"instance {entry.id} is unreachable; retry")
+        except InstanceDraining:
+            ctrl.state.drop_pending(record.id)
+            ctrl.state.note_draining(entry.id)
+    raise EngineError(f"no instance took the request after {_OPEN_ATTEMPTS} tries; retry")
 
 
 async def _collect(

@@ -219,6 +219,13 @@ class ClusterState:
         self.pending.setdefault(instance_id, {})[pending.request_id] = (pending, time.monotonic())
         self.num_dispatched[instance_id] = self.num_dispatched.get(instance_id, 0) + 1
 
+    def note_draining(self, instance_id: str) -> None:
+        """The instance refused a request as draining before its load report said so (a
+        drain that raced a dispatch): take it out of dispatch now; its next report agrees."""
+        entry = self.instances.get(instance_id)
+        if entry is not None and entry.load is not None:
+            entry.load = replace(entry.load, is_draining=True)
+
     def drop_pending(self, request_id: str) -> None:
         for entries in self.pending.values():
             entries.pop(request_id, None)

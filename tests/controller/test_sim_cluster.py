@@ -65,19 +65,23 @@ def test_autoscaling_grows_under_load_and_shrinks_by_draining(controller_factory
         return client.completions.create(model=MODEL, prompt=f"tail {i}", max_tokens=800)
 
     sizes: list[int] = []
+    done = threading.Event()
     with ThreadPoolExecutor(44) as pool:
-        done = threading.Event()
         sampler = pool.submit(_sample_sizes, controller, sizes, done)
-        bursts = [pool.submit(burst, i) for i in range(40)]
-        wait_for(lambda: len(_live(controller)) >= 3, timeout_s=120, what="growth")
-        burst_results = [b.result() for b in bursts]
-        # Long requests sent once the burst is over: the grown cluster is idle, so they
-        # spread over its instances (sent during the burst they would all go to the one
-        # new, empty instance) and are still running when the cluster shrinks, so the
-        # drained instances must migrate them out.
-        tails = [pool.submit(tail, i) for i in range(3)]
-        tail_results = [t.result() for t in tails]
-        done.set()
+        try:
+            bursts = [pool.submit(burst, i) for i in range(40)]
+            wait_for(lambda: len(_live(controller)) >= 3, timeout_s=120, what="growth")
+            burst_results = [b.result() for b in bursts]
+            # Long requests sent once the burst is over: the grown cluster is idle, so they
+            # spread over its instances (sent during the burst they would all go to the one
+            # new, empty instance) and are still running when the cluster shrinks, so the
+            # drained instances must migrate them out.
+            tails = [pool.submit(tail, i) for i in range(3)]
+            tail_results = [t.result() for t in tails]
+        finally:
+            # Set on every path: the pool's exit waits for the sampler, which runs until
+            # this is set (a failed wait here once hung a whole CI run).
+            done.set()
         sampler.result()
     peak = max(sizes)
     assert all(r.usage.completion_tokens == 100 for r in burst_results)

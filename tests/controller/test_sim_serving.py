@@ -228,3 +228,35 @@ def test_a_request_goes_on_when_its_first_instance_is_unreachable(cluster):
 def _fingerprint(controller) -> str:
     status = api(controller, "GET", "/api/status").json()
     return status["instances"][0].get("fingerprint", "")
+
+
+def test_a_request_refused_by_a_draining_instance_goes_to_another(cluster):
+    # A drain that lands between the controller's choice and the request's arrival (a
+    # scale-down racing a dispatch): the instance refuses, the request is served elsewhere
+    # and the client never hears of it. The race is made certain by silencing the
+    # instance's reports, draining it behind the controller's back, then reporting it
+    # as the freest and not draining.
+    from llumctl.policy.views import InstanceLoad
+    from llumctl.protocol import InstanceInfo, LoadReport, to_json_dict
+
+    controller, _, ids = cluster
+    rows = {i["id"]: i for i in api(controller, "GET", "/api/status").json()["instances"]}
+    victim = rows[ids[0]]
+    on_victim = {"headers": bearer(SECRET), "timeout": 10}
+    assert httpx.put(f"{victim['url']}/report-target", json={"url": None}, **on_victim).is_success
+    assert httpx.post(f"{victim['url']}/drain", json={"draining": True}, **on_victim).is_success
+    info = InstanceInfo(
+        ids[0], victim["url"], "sim", MODEL, fingerprint=victim.get("fingerprint", "")
+    )
+    load = InstanceLoad(ids[0], num_total_blocks=10**6, num_used_blocks=0, model=MODEL)
+    report = to_json_dict(LoadReport(info, load))
+    assert api(controller, "POST", "/internal/load", json=report).status_code == 200
+    text = _client(controller).completions.create(model=MODEL, prompt="one two", max_tokens=3)
+    assert text.usage.completion_tokens == 3
+    events = api(controller, "GET", "/api/events", params={"kind": "dispatch"}).json()["events"]
+    assert [e["instance"] for e in events[-2:]] == [ids[0], ids[1]]
+    # Taken out of dispatch at once, before any report says it drains.
+    again = _client(controller).completions.create(model=MODEL, prompt="three", max_tokens=2)
+    assert again.usage.completion_tokens == 2
+    events = api(controller, "GET", "/api/events", params={"kind": "dispatch"}).json()["events"]
+    assert events[-1]["instance"] == ids[1]
