@@ -52,6 +52,9 @@ class Hosted(abc.ABC):
     def set_state(self, state: str) -> None:
         self.info = replace(self.info, state=state)
 
+    def set_failed(self, reason: str) -> None:
+        self.info = replace(self.info, state="failed", failure=reason)
+
 
 class _RingHandler(logging.Handler):
     def __init__(self) -> None:
@@ -143,7 +146,7 @@ class ProcessHosted(Hosted):
                         return
                 await asyncio.sleep(1.0)
         if self.failure() is None:
-            self.set_state("failed")
+            self.set_failed(f"instance not answering {START_TIMEOUT_S:.0f} s after its start")
 
     async def stop(self) -> None:
         self.is_stopping = True
@@ -170,7 +173,8 @@ class ProcessHosted(Hosted):
         code = self.proc.poll()
         if code is None:
             return None
-        return f"engine process exited with code {code}"
+        last = last_error_line(self.logs(50))
+        return f"engine process exited with code {code}" + (f": {last}" if last else "")
 
     def logs(self, tail: int) -> str:
         try:
@@ -199,3 +203,21 @@ def vllm_argv(
     if ctx["controller_url"]:
         argv += ["--controller-url", ctx["controller_url"]]
     return argv
+
+
+def last_error_line(text: str) -> str:
+    """The line of an instance's log that says why it stopped: its own one-line `error:`
+    message (bad engine args, say), unless that only points at a root cause above (vLLM's
+    "engine core initialization failed"): then the last exception line of the log (a
+    model too long for the KV cache, say)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = next((line[6:].strip() for line in reversed(lines) if line.startswith("error:")), "")
+    raised = next((line for line in reversed(lines) if _is_exception_line(line)), "")
+    if said and not (raised and "root cause" in said):
+        return said[:500]
+    return raised[:500]
+
+
+def _is_exception_line(line: str) -> bool:
+    head = line.split(":", 1)[0]
+    return head.endswith(("Error", "Exception")) and " " not in head and ":" in line

@@ -145,7 +145,7 @@ class Agent:
         for iid, hosted in self.instances.items():
             reason = hosted.failure()
             if reason and hosted.info.state != "failed":
-                hosted.set_state("failed")
+                hosted.set_failed(reason)
                 log.error("instance %s failed: %s", iid, reason)
                 self._beat.set()
 

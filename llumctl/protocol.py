@@ -128,6 +128,8 @@ class InstanceInfo:
     # "starting", "running", "draining", "stopped", "failed".
     state: str = "running"
     max_model_len: int = 0
+    # Why the instance failed (state "failed"): e.g. the engine's own last error line.
+    failure: str = ""
 
 
 @dataclass(frozen=True)

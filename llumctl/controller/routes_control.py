@@ -204,6 +204,11 @@ def status_body(ctrl: Controller) -> dict[str, Any]:
             instance_json(ctrl, e) for e in sorted(ctrl.state.instances.values(), key=_id)
         ],
         "requests": [r.to_json() for r in active],
+        # Listed as failed by their agents: never took (or no longer take) requests.
+        "failed_instances": [
+            {"id": iid, "agent": agent, "reason": reason}
+            for iid, (agent, reason) in sorted(ctrl.state.failed.items())
+        ],
         "agents": [
             {"id": a.agent_id, "url": a.url, "host": a.host, "max_instances": a.max_instances}
             for a in ctrl.state.agents.values()

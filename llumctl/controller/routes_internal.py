@@ -38,9 +38,9 @@ def register(app: FastAPI, ctrl: Controller) -> None:
             infos = [from_json_dict(InstanceInfo, i) for i in body.get("instances", ())]
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bad agent registration: {exc}") from None
-        _note_failures(ctrl, infos)
-        alive = [i for i in infos if i.state not in ("failed", "stopped")]
-        if ctrl.state.register_agent(agent, alive):
+        known_failed = set(ctrl.state.failed)
+        _note_failures(ctrl, infos, known_failed)
+        if ctrl.state.register_agent(agent, infos):
             ctrl.events.add(ev.INSTANCE_UP, agent=agent.agent_id, url=agent.url, what="agent")
         return {"registered": True, "controller": ctrl.config.url}
 
@@ -65,9 +65,13 @@ def register(app: FastAPI, ctrl: Controller) -> None:
         return {"ok": True}
 
 
-def _note_failures(ctrl: Controller, infos: list[InstanceInfo]) -> None:
+def _note_failures(ctrl: Controller, infos: list[InstanceInfo], known: set[str]) -> None:
+    """Drop failed and stopped instances; a failure is an event once, with its reason
+    (also for an instance that failed before it ever reported, e.g. at engine start)."""
     for info in infos:
         if info.state == "failed":
-            ctrl.actuator.instance_failed(info.instance_id, "engine process died (agent report)")
+            reason = info.failure or "engine process died (agent report)"
+            if ctrl.state.remove_instance(info.instance_id) or info.instance_id not in known:
+                ctrl.events.add(ev.FAILURE, instance=info.instance_id, reason=reason)
         elif info.state == "stopped":
             ctrl.state.remove_instance(info.instance_id)

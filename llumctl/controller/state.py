@@ -110,20 +110,31 @@ class ClusterState:
         self.drain_intent: dict[str, bool] = {}
         # Instances stopped by this controller, by stop time (see `tombstone`).
         self.stopped: dict[str, float] = {}
+        # Instances the agents list as failed, as of each agent's last registration:
+        # instance id -> (agent id, why). Kept apart from `instances` (a failed one takes
+        # no requests) so `llumctl up` and `status` can say why an instance never came up.
+        self.failed: dict[str, tuple[str, str]] = {}
 
     # ---- reports ---------------------------------------------------------------------
     def register_agent(self, agent: AgentEntry, instances: list[InstanceInfo]) -> bool:
-        """Upsert an agent and the instances it hosts; True if the agent was new."""
+        """Upsert an agent and the instances it hosts (failed and stopped ones are noted,
+        not hosted); True if the agent was new."""
         is_new = agent.agent_id not in self.agents
         agent.last_seen = time.monotonic()
         self.agents[agent.agent_id] = agent
-        listed = {info.instance_id for info in instances}
+        for iid in [i for i, (a, _) in self.failed.items() if a == agent.agent_id]:
+            del self.failed[iid]
+        for info in instances:
+            if info.state == "failed":
+                self.failed[info.instance_id] = (agent.agent_id, info.failure or "failed")
+        alive = [i for i in instances if i.state not in ("failed", "stopped")]
+        listed = {info.instance_id for info in alive}
         # The agent's list is authoritative for its own instances: one it no longer
         # hosts is gone, whatever a late report said.
         for entry in list(self.instances.values()):
             if entry.info.agent_id == agent.agent_id and entry.id not in listed:
                 self.remove_instance(entry.id)
-        for info in instances:
+        for info in alive:
             if not self._is_tombstoned(info.instance_id):
                 self.upsert_info(info, from_agent=True)
         return is_new

@@ -150,7 +150,10 @@ def _instance_states(controller: ControllerClient) -> dict[str, str]:
         status = controller.status()
     except LlumctlError:
         return {}
-    return {str(i.get("id")): str(i.get("state")) for i in status.get("instances", [])}
+    states = {str(i.get("id")): str(i.get("state")) for i in status.get("instances", [])}
+    for failed in status.get("failed_instances", []):
+        states[str(failed.get("id"))] = "failed: " + str(failed.get("reason", ""))
+    return states
 
 
 def _wait_ready(
@@ -165,11 +168,14 @@ def _wait_ready(
             state = states.get(iid)
             if state == "running":
                 progress(waiting.pop(iid).name, f"{iid} running")
-            elif state == "failed":
+            elif state is not None and state.startswith("failed"):
                 host = waiting.pop(iid)
+                why = state.partition(": ")[2]
                 host.status, host.reason = (
                     "failed",
-                    f"instance {iid} failed to start (llumctl logs {host.name} {iid})",
+                    f"instance {iid} failed to start"
+                    + (f": {why}" if why else "")
+                    + f" (llumctl logs {host.name} {iid})",
                 )
         if waiting and time.monotonic() > deadline:
             for iid, host in waiting.items():

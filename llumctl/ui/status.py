@@ -46,8 +46,11 @@ def render_status(data: dict[str, Any]) -> RenderableType:
         reqs.add_row(
             str(r.get("id")), str(r.get("instance")), str(r.get("state")), str(r.get("tokens"))
         )
+    parts: list[RenderableType] = [inst]
+    for f in data.get("failed_instances", []):
+        parts.append(Text(f"failed: {f.get('id')} ({f.get('agent')}): {f.get('reason')}"))
     num = len(data.get("requests", []))
-    parts: list[RenderableType] = [inst, Text(f"{num} request(s) in flight")]
+    parts.append(Text(f"{num} request(s) in flight"))
     if num:
         parts.append(reqs)
     return Group(*parts)

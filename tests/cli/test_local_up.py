@@ -221,3 +221,33 @@ def test_readme_up_without_a_file_serves_the_tiny_model_on_vllm(tmp_path: Path) 
     finally:
         if (home / "state.json").exists():
             down_and_check(home)
+
+
+def test_up_reports_an_engine_that_fails_at_start_with_its_reason(tmp_path: Path) -> None:
+    """A vLLM engine that cannot start (here: a context longer than the model allows)
+    fails `llumctl up` as soon as the agent sees it, with vLLM's own reason, instead of
+    waiting out the start timeout and saying only that the instance is not running."""
+    port, agent_port = free_port(), free_port()
+    text = (EXAMPLES / "local-cluster.toml").read_text()
+    text = text.replace("port = 8000", f"port = {port}", 1)
+    text = text.replace('devices = ["cpu"]', f'devices = ["cpu"]\nagent_port = {agent_port}')
+    text = text.replace("max_model_len = 1024", "max_model_len = 1000000")
+    text = text.replace("count = 2", "count = 1")
+    cluster = tmp_path / "bad.toml"
+    cluster.write_text(text)
+    home = tmp_path / "home"
+    result = run(home, "up", str(cluster), "--timeout", "240", timeout=600)
+    try:
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out
+        flat = " ".join(out.split())  # the reason is wrapped in a table cell
+        assert "localhost-0 failed to start: engine process exited" in flat, out
+        assert "User-specified max_model_len (1000000) is greater" in flat, out
+        assert "not running after" not in flat, out
+        assert "(llumctl logs localhost localhost-0)" in flat
+        status = json.loads(run(home, "status", "--json").stdout)
+        failed = {f["id"]: f["reason"] for f in status["failed_instances"]}
+        assert "max_model_len" in failed["localhost-0"], failed
+    finally:
+        if (home / "state.json").exists():
+            down_and_check(home)

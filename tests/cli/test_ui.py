@@ -120,3 +120,13 @@ def test_status_render() -> None:
     text = render(render_status(status_fixture()), 100, 40)
     assert "host1-3" in text and "30/100" in text and "cmpl-1" in text
     assert "1 request(s) in flight" in text
+
+
+def test_status_render_says_why_an_instance_failed() -> None:
+    status = status_fixture()
+    assert "failed:" not in render(render_status(status), 100, 40)
+    status["failed_instances"] = [
+        {"id": "host0-9", "agent": "agent-0", "reason": "engine process exited with code 6"}
+    ]
+    text = render(render_status(status), 120, 40)
+    assert "failed: host0-9 (agent-0): engine process exited with code 6" in text

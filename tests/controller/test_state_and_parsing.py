@@ -163,3 +163,16 @@ async def test_a_controller_stall_is_not_counted_as_the_instances_silence():
         loop_task.cancel()
         await ctrl.instance_client.close()
         await ctrl.agent_client.close()
+
+
+def test_failed_instances_mirror_each_agents_latest_list():
+    state = ClusterState()
+    agent, other = AgentEntry("ag", "http://ag", "h"), AgentEntry("bg", "http://bg", "h")
+    bad = _info("i1", agent_id="ag", state="failed", failure="engine exited: too long")
+    state.register_agent(agent, [bad, _info("i2", agent_id="ag")])
+    state.register_agent(other, [_info("j1", agent_id="bg", state="failed")])
+    assert state.failed == {"i1": ("ag", "engine exited: too long"), "j1": ("bg", "failed")}
+    assert sorted(state.instances) == ["i2"]  # a failed instance takes no requests
+    # Started again under the same id: no longer failed. The other agent's is untouched.
+    state.register_agent(agent, [_info("i1", agent_id="ag", state="starting")])
+    assert state.failed == {"j1": ("bg", "failed")}

@@ -88,7 +88,7 @@ class VllmEngine(Engine):
         try:
             self._llm = AsyncLLM.from_engine_args(args)
         except Exception as exc:  # vLLM raises many types; all mean "did not start"
-            raise EngineError(f"vLLM engine failed to start: {exc}") from exc
+            raise EngineError(f"vLLM engine failed to start: {one_line(exc)}") from exc
         from agent.engines.vllm.connector import socket_paths
 
         sched_path, worker_path = socket_paths(self._socket_dir)
@@ -338,3 +338,16 @@ class VllmEngine(Engine):
         self._reserved.pop(migration_id, None)
         with contextlib.suppress(EngineError):
             await self._worker.call({"op": "drop", "mig": migration_id})
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line. vLLM checks its config with pydantic, whose errors say
+    "1 validation error for ModelConfig" on their first line and the reason below it:
+    those give their reasons instead."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(str(e.get("msg", e)) for e in errors())
+        except Exception:  # not pydantic's errors() after all
+            pass
+    return " ".join(str(exc).split())
