@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from llumctl.controller.openai_api import ParsedRequest
@@ -57,6 +59,19 @@ def chunk(
         "model": req.model,
         "choices": [choice],
     }
+
+
+def sse(obj: dict[str, Any]) -> str:
+    """One server-sent event carrying `obj`."""
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def token_sse(req: ParsedRequest, rid: str) -> Callable[[str], str]:
+    """`text -> sse(chunk(req, rid, text, None))` for a request's token chunks after its
+    first, with the JSON around the text rendered once: the relay's per-token cost."""
+    marker = "\x00text\x00"
+    head, tail = sse(chunk(req, rid, marker, None)).split(json.dumps(marker), 1)
+    return lambda text: head + json.dumps(text) + tail
 
 
 def usage_chunk(req: ParsedRequest, rid: str, num_prompt: int, num_out: int) -> dict[str, Any]:

@@ -59,36 +59,60 @@ class RequestStream:
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """Token events in index order, then the `finished` event."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[StreamEvent]]:
+        """`events`, in the groups they arrived in from the instance."""
         while True:
             assert self._resp is not None, "open() first"
-            migrated: StreamEvent | None = None
-            async for event in self._client.events(self._resp):
+            handed_on: StreamEvent | None = None
+            async for arrived in self._client.batches(self._resp):
                 if self.is_finished:
                     # Read the stream to its end (the instance ends it right after the
                     # finished event): only a fully read response returns its connection
                     # to the pool, and a new connection per request costs ~2 ms.
                     continue
-                if event.type == EventType.TOKEN:
-                    if event.index < self.next_index:
-                        continue  # replayed after a re-attach
-                    if event.index > self.next_index:
-                        raise EngineError(f"token {self.next_index} missing from the stream")
-                    self.next_index += 1
-                    self._note_token()
-                    yield event
-                elif event.type == EventType.FINISHED:
-                    self.is_finished = True
-                    yield event
-                elif event.type == EventType.MIGRATED:
-                    migrated = event
+                batch, end = self._accept(arrived)
+                if batch:
+                    yield batch
+                if end is not None and end.type == EventType.MIGRATED:
+                    handed_on = end
                     break
-                else:
-                    raise _stream_error(event)
+                if end is not None:
+                    raise _stream_error(end)
             if self.is_finished:
                 return
-            if migrated is None:
+            if handed_on is None:
                 raise ConnectionFailed(f"instance {self._record.instance} stream ended early")
-            await self._switch(migrated)
+            await self._switch(handed_on)
+
+    def _accept(self, arrived: list[StreamEvent]) -> tuple[list[StreamEvent], StreamEvent | None]:
+        """The events of `arrived` to relay, checked by index, and the event that ends
+        this instance's stream without finishing the request (`migrated` or `error`):
+        the tokens before it are relayed first."""
+        batch: list[StreamEvent] = []
+        for event in arrived:
+            if event.type == EventType.TOKEN:
+                if event.index < self.next_index:
+                    continue  # replayed after a re-attach
+                if event.index > self.next_index:
+                    raise EngineError(f"token {self.next_index} missing from the stream")
+                self.next_index += 1
+                batch.append(event)
+            elif event.type == EventType.FINISHED:
+                self.is_finished = True
+                batch.append(event)
+                break
+            else:
+                return self._noted(batch), event
+        return self._noted(batch), None
+
+    def _noted(self, batch: list[StreamEvent]) -> list[StreamEvent]:
+        if any(e.type == EventType.TOKEN for e in batch):
+            self._note_token()
+        return batch
 
     async def _switch(self, event: StreamEvent) -> None:
         if not event.to_url or not event.to_instance:

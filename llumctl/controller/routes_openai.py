@@ -159,34 +159,44 @@ async def _sse(
 ) -> AsyncIterator[str]:
     is_first = True
     status = "aborted"
+    token = shapes.token_sse(parsed, record.id)
     try:
-        async for event in stream.events():
-            if event.type == EventType.TOKEN:
-                yield _data(shapes.chunk(parsed, record.id, event.text, None, is_first=is_first))
-                is_first = False
-                continue
-            if is_first and parsed.kind == "chat":
-                yield _data(shapes.chunk(parsed, record.id, "", None, is_first=True))
-            text = None if parsed.kind == "chat" else ""
-            yield _data(shapes.chunk(parsed, record.id, text, event.finish_reason))
-            record.num_prompt_tokens = event.num_prompt_tokens
-            if parsed.include_usage:
-                usage = shapes.usage_chunk(
-                    parsed, record.id, event.num_prompt_tokens, stream.next_index
-                )
-                yield _data(usage)
-            status = "finished"
+        # One write per batch that arrived together from the instance.
+        async for batch in stream.batches():
+            parts: list[str] = []
+            for event in batch:
+                if event.type == EventType.TOKEN:
+                    if is_first:
+                        parts.append(
+                            shapes.sse(
+                                shapes.chunk(parsed, record.id, event.text, None, is_first=True)
+                            )
+                        )
+                        is_first = False
+                    else:
+                        parts.append(token(event.text))
+                    continue
+                if is_first and parsed.kind == "chat":
+                    parts.append(
+                        shapes.sse(shapes.chunk(parsed, record.id, "", None, is_first=True))
+                    )
+                text = None if parsed.kind == "chat" else ""
+                parts.append(shapes.sse(shapes.chunk(parsed, record.id, text, event.finish_reason)))
+                record.num_prompt_tokens = event.num_prompt_tokens
+                if parsed.include_usage:
+                    usage = shapes.usage_chunk(
+                        parsed, record.id, event.num_prompt_tokens, stream.next_index
+                    )
+                    parts.append(shapes.sse(usage))
+                status = "finished"
+            yield "".join(parts)
         yield "data: [DONE]\n\n"
     except LlumctlError as exc:
         status = "failed"
-        yield _data(json.loads(bytes(error_response(exc).body)))
+        yield shapes.sse(json.loads(bytes(error_response(exc).body)))
         yield "data: [DONE]\n\n"
     finally:
         # A client that hung up cancels this generator; the abort must still go out.
         with anyio.CancelScope(shield=True):
             await stream.close()
         ctrl.finish(record, status)
-
-
-def _data(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
