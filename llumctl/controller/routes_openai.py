@@ -34,7 +34,7 @@ from llumctl.errors import (
     InstanceDraining,
     LlumctlError,
 )
-from llumctl.protocol import EventType, GenerateRequest
+from llumctl.protocol import EventType, GenerateRequest, StreamEvent
 
 # Instances tried for one request before it fails with a 503.
 _OPEN_ATTEMPTS = 3
@@ -157,38 +157,22 @@ async def _collect(
 async def _sse(
     ctrl: Controller, stream: RequestStream, record: RequestRecord, parsed: ParsedRequest
 ) -> AsyncIterator[str]:
-    is_first = True
     status = "aborted"
+    is_first = True
     token = shapes.token_sse(parsed, record.id)
     try:
         # One write per batch that arrived together from the instance.
         async for batch in stream.batches():
             parts: list[str] = []
             for event in batch:
-                if event.type == EventType.TOKEN:
-                    if is_first:
-                        parts.append(
-                            shapes.sse(
-                                shapes.chunk(parsed, record.id, event.text, None, is_first=True)
-                            )
-                        )
-                        is_first = False
-                    else:
-                        parts.append(token(event.text))
-                    continue
-                if is_first and parsed.kind == "chat":
-                    parts.append(
-                        shapes.sse(shapes.chunk(parsed, record.id, "", None, is_first=True))
-                    )
-                text = None if parsed.kind == "chat" else ""
-                parts.append(shapes.sse(shapes.chunk(parsed, record.id, text, event.finish_reason)))
-                record.num_prompt_tokens = event.num_prompt_tokens
-                if parsed.include_usage:
-                    usage = shapes.usage_chunk(
-                        parsed, record.id, event.num_prompt_tokens, stream.next_index
-                    )
-                    parts.append(shapes.sse(usage))
-                status = "finished"
+                if event.type != EventType.TOKEN:
+                    parts += _closing_chunks(record, parsed, event, is_first, stream.next_index)
+                    status = "finished"
+                elif is_first:
+                    parts.append(shapes.sse(_first_chunk(record, parsed, event.text)))
+                    is_first = False
+                else:
+                    parts.append(token(event.text))
             yield "".join(parts)
         yield "data: [DONE]\n\n"
     except LlumctlError as exc:
@@ -200,3 +184,29 @@ async def _sse(
         with anyio.CancelScope(shield=True):
             await stream.close()
         ctrl.finish(record, status)
+
+
+def _first_chunk(record: RequestRecord, parsed: ParsedRequest, text: str) -> dict[str, Any]:
+    """The first chunk of a stream (a chat stream's carries the assistant role)."""
+    return shapes.chunk(parsed, record.id, text, None, is_first=True)
+
+
+def _closing_chunks(
+    record: RequestRecord,
+    parsed: ParsedRequest,
+    event: StreamEvent,
+    is_first: bool,
+    num_output: int,
+) -> list[str]:
+    """The chunks that end a stream: its finish reason and, if asked for, its usage (a chat
+    stream that produced no token still opens with the role chunk)."""
+    parts = []
+    if is_first and parsed.kind == "chat":
+        parts.append(shapes.sse(_first_chunk(record, parsed, "")))
+    text = None if parsed.kind == "chat" else ""
+    parts.append(shapes.sse(shapes.chunk(parsed, record.id, text, event.finish_reason)))
+    record.num_prompt_tokens = event.num_prompt_tokens
+    if parsed.include_usage:
+        usage = shapes.usage_chunk(parsed, record.id, event.num_prompt_tokens, num_output)
+        parts.append(shapes.sse(usage))
+    return parts
