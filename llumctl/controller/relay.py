@@ -93,6 +93,8 @@ class RequestStream:
         this instance's stream without finishing the request (`migrated` or `error`):
         the tokens before it are relayed first."""
         batch: list[StreamEvent] = []
+        end: StreamEvent | None = None
+        first_index = self.next_index
         for event in arrived:
             if event.type == EventType.TOKEN:
                 if event.index < self.next_index:
@@ -106,13 +108,11 @@ class RequestStream:
                 batch.append(event)
                 break
             else:
-                return self._noted(batch), event
-        return self._noted(batch), None
-
-    def _noted(self, batch: list[StreamEvent]) -> list[StreamEvent]:
-        if any(e.type == EventType.TOKEN for e in batch):
+                end = event
+                break
+        if self.next_index > first_index:
             self._note_token()
-        return batch
+        return batch, end
 
     async def _switch(self, event: StreamEvent) -> None:
         if not event.to_url or not event.to_instance:

@@ -38,8 +38,7 @@ def register(app: FastAPI, ctrl: Controller) -> None:
             infos = [from_json_dict(InstanceInfo, i) for i in body.get("instances", ())]
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bad agent registration: {exc}") from None
-        known_failed = set(ctrl.state.failed)
-        _note_failures(ctrl, infos, known_failed)
+        _note_failures(ctrl, infos)  # before register_agent updates `state.failed`
         if ctrl.state.register_agent(agent, infos):
             ctrl.events.add(ev.INSTANCE_UP, agent=agent.agent_id, url=agent.url, what="agent")
         return {"registered": True, "controller": ctrl.config.url}
@@ -65,13 +64,14 @@ def register(app: FastAPI, ctrl: Controller) -> None:
         return {"ok": True}
 
 
-def _note_failures(ctrl: Controller, infos: list[InstanceInfo], known: set[str]) -> None:
+def _note_failures(ctrl: Controller, infos: list[InstanceInfo]) -> None:
     """Drop failed and stopped instances; a failure is an event once, with its reason
     (also for an instance that failed before it ever reported, e.g. at engine start)."""
     for info in infos:
         if info.state == "failed":
             reason = info.failure or "engine process died (agent report)"
-            if ctrl.state.remove_instance(info.instance_id) or info.instance_id not in known:
+            is_new = info.instance_id not in ctrl.state.failed
+            if ctrl.state.remove_instance(info.instance_id) or is_new:
                 ctrl.events.add(ev.FAILURE, instance=info.instance_id, reason=reason)
         elif info.state == "stopped":
             ctrl.state.remove_instance(info.instance_id)

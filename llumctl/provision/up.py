@@ -145,14 +145,15 @@ def _save(
     return save_state(state, path)
 
 
-def _instance_states(controller: ControllerClient) -> dict[str, str]:
+def _instance_states(controller: ControllerClient) -> dict[str, tuple[str, str]]:
+    """Instance id -> (state, why it failed), as the controller lists them."""
     try:
         status = controller.status()
     except LlumctlError:
         return {}
-    states = {str(i.get("id")): str(i.get("state")) for i in status.get("instances", [])}
+    states = {str(i.get("id")): (str(i.get("state")), "") for i in status.get("instances", [])}
     for failed in status.get("failed_instances", []):
-        states[str(failed.get("id"))] = "failed: " + str(failed.get("reason", ""))
+        states[str(failed.get("id"))] = ("failed", str(failed.get("reason", "")))
     return states
 
 
@@ -165,12 +166,11 @@ def _wait_ready(
     while waiting:
         states = _instance_states(controller)
         for iid in list(waiting):
-            state = states.get(iid)
+            state, why = states.get(iid, ("unregistered", ""))
             if state == "running":
                 progress(waiting.pop(iid).name, f"{iid} running")
-            elif state is not None and state.startswith("failed"):
+            elif state == "failed":
                 host = waiting.pop(iid)
-                why = state.partition(": ")[2]
                 host.status, host.reason = (
                     "failed",
                     f"instance {iid} failed to start"
@@ -179,8 +179,9 @@ def _wait_ready(
                 )
         if waiting and time.monotonic() > deadline:
             for iid, host in waiting.items():
+                state = states.get(iid, ("unregistered", ""))[0]
                 host.status = "failed"
-                host.reason = f"instance {iid} not running after {timeout_s:.0f} s (state {states.get(iid, 'unregistered')})"
+                host.reason = f"instance {iid} not running after {timeout_s:.0f} s (state {state})"
             return
         if waiting:
             time.sleep(0.5)
