@@ -202,7 +202,8 @@ def create_app(config: AgentConfig) -> Any:
 
 
 def _routes(api: FastAPI, agent: Agent) -> None:
-    def check(request: Request) -> None:
+    # async: a sync dependency would cost a thread-pool hop on every call.
+    async def check(request: Request) -> None:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given, agent.config.secret):
             raise AuthError("missing or wrong cluster secret")

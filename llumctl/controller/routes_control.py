@@ -19,7 +19,8 @@ from llumctl.policy import POLICY_NAMES, get_policy
 
 
 def require_secret(ctrl: Controller):  # type: ignore[no-untyped-def]
-    def check(request: Request) -> None:
+    # async: a sync dependency would cost a thread-pool hop on every call (load reports).
+    async def check(request: Request) -> None:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not ctrl.config.secret or not hmac.compare_digest(given, ctrl.config.secret):
             raise AuthError("missing or wrong cluster secret")

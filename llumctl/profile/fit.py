@@ -44,6 +44,17 @@ def fit_decode(points: Sequence[tuple[int, int, float]]) -> tuple[float, float, 
     return base, per_seq, per_token
 
 
+def fit_co_located(points: Sequence[tuple[int, float]]) -> float:
+    """Slowdown per extra busy instance from (k busy instances, ms per token) points:
+    the least-squares s in t_k / t_1 = 1 + s * (k - 1), never below 0."""
+    base = next((ms for k, ms in points if k == 1), 0.0)
+    rows = [(k - 1, ms / base - 1) for k, ms in points if k > 1] if base > 0 else []
+    denominator = sum(x * x for x, _ in rows)
+    if not denominator:
+        return 0.0
+    return max(0.0, sum(x * y for x, y in rows) / denominator)
+
+
 def relative_error(predicted: float, measured: float) -> float:
     """|predicted - measured| / measured (inf when nothing was measured)."""
     if measured == 0:

@@ -5,8 +5,15 @@ prefill time of n tokens plus the fixed cost of a request on this path (HTTP, to
 relay), which the fit separates as `request_overhead_ms`. Decode: B requests of L prompt
 tokens sent together; their time per output token is the decode step at batch B with about
 B*(L + out/2) resident tokens. Every point is the median of `repeats` measurements: one
-scheduling hiccup of a shared machine must not become a coefficient. Each measurement uses
-fresh prompt ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
+scheduling hiccup of a shared machine must not become a coefficient; prefill lengths are
+measured in turn, round after round, so a slow spell of the machine does not land on one
+length alone. Each measurement uses fresh prompt ids (a new seed), so vLLM's prefix cache
+never shortcuts a prefill.
+
+Co-located (optional): through an endpoint that spreads simultaneous requests over N
+instances of the profiled engine's host (a llumctl controller with all of them serving),
+k = 1..N decodes at once; the rise of their time per token with k is how much busy
+neighbours slow a step (`co_located_slowdown`, see llumctl/sim/hosts.py).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import httpx
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest
 from llumctl.errors import ConnectionFailed, InputError
-from llumctl.profile.fit import fit_decode, fit_prefill
+from llumctl.profile.fit import fit_co_located, fit_decode, fit_prefill
 from llumctl.profile.transfer import loopback_transfer_gbps
 
 Say = Callable[[str], None] | None
@@ -47,10 +54,14 @@ class ProfileSettings:
     num_blocks: int = 0
     block_size: int = 0
     max_model_len: int = 0
+    # An endpoint spreading requests over `co_located` instances on the profiled host.
+    co_located_url: str = ""
+    co_located: int = 0
 
     @property
     def prefill_lengths(self) -> list[int]:
-        return [32, 256, 768] if self.quick else [32, 128, 256, 512, 768]
+        # The shortest point pins the fixed per-request cost most workloads' short prompts pay.
+        return [32, 256, 768] if self.quick else [16, 64, 128, 256, 512, 768]
 
     @property
     def decode_grid(self) -> list[tuple[int, int]]:
@@ -63,12 +74,20 @@ class ProfileSettings:
         return 2 if self.quick else 3
 
     @property
+    def prefill_repeats(self) -> int:
+        return 2 if self.quick else 5
+
+    @property
     def decode_tokens(self) -> int:
         return 16 if self.quick else 32
 
 
 async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dict[str, Any]:
     """Every measurement and the fitted profile (a dict of LatencyProfile keys)."""
+    co_located = None
+    if settings.co_located > 1:
+        _say(progress, f"co-located: 1..{settings.co_located} decodes at once")
+        co_located = await measure_co_located(settings)
     gen = LoadGenerator(settings.url, settings.model, timeout_s=300.0)
     await gen.check()
     facts = await engine_facts(gen, settings)
@@ -77,8 +96,8 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     lengths = [n for n in settings.prefill_lengths if n <= limit]
     if len(lengths) < 2:
         raise InputError(f"max_model_len {facts['max_model_len']} is too small to profile")
-    _say(progress, f"prefill: {len(lengths)} prompt lengths x {settings.repeats}")
-    prefill = [(n, await _prefill_ms(gen, n, settings.repeats, seed=n)) for n in lengths]
+    _say(progress, f"prefill: {len(lengths)} prompt lengths x {settings.prefill_repeats}")
+    prefill = await _prefill_points(gen, lengths, settings.prefill_repeats)
     _say(progress, f"decode: {len(settings.decode_grid)} (batch, prompt) points")
     decode = [await _decode_point(gen, b, min(n, limit), settings) for b, n in settings.decode_grid]
     _say(progress, "transfer: loopback TCP")
@@ -101,7 +120,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "watermark_blocks": max(1, facts["num_blocks"] // 100),
         "max_model_len": facts["max_model_len"],
     }
-    return {
+    result = {
         "url": settings.url,
         "model": facts["model"],
         "profile": profile,
@@ -110,15 +129,46 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "transfer_gbps": gbps,
         "facts": facts,
     }
+    return with_co_located(result, co_located) if co_located else result
 
 
-async def _prefill_ms(gen: LoadGenerator, n: int, repeats: int, seed: int) -> float:
-    times = []
+async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float]]:
+    """(k, time per output token in ms) for k = 1..N decodes sent at once to the
+    co-located endpoint, each the median of `repeats` rounds (k in turn within a round)."""
+    gen = LoadGenerator(settings.co_located_url, settings.model, timeout_s=300.0)
+    await gen.check()
+    gen.model = (await _served_model(gen, settings.model))["id"]
+    counts = range(1, settings.co_located + 1)
+    times: dict[int, list[float]] = {k: [] for k in counts}
+    for rep in range(settings.repeats):
+        for k in counts:
+            gen.seed = 8_000_000 + k * 1000 + rep
+            batch = [BenchRequest(0.0, 32, 2 * settings.decode_tokens) for _ in range(k)]
+            records, _ = await gen.run(batch)
+            # End to end, not TPOT: a starved client reads a burst of tokens at once,
+            # which makes TPOT look *smaller* under contention.
+            times[k].append(
+                statistics.mean(r.e2e_s / r.num_received_tokens for r in _ok(records)) * 1000
+            )
+    return [(k, float(statistics.median(times[k]))) for k in counts]
+
+
+def with_co_located(result: dict[str, Any], points: list[tuple[int, float]]) -> dict[str, Any]:
+    """`result` with the co-located points and the slowdown fitted to them."""
+    profile = {**result["profile"], "co_located_slowdown": fit_co_located(points)}
+    return {**result, "profile": profile, "co_located_points_ms": [list(p) for p in points]}
+
+
+async def _prefill_points(
+    gen: LoadGenerator, lengths: list[int], repeats: int
+) -> list[tuple[int, float]]:
+    times: dict[int, list[float]] = {n: [] for n in lengths}
     for rep in range(repeats):
-        gen.seed = seed * 1000 + rep
-        records, _ = await gen.run([BenchRequest(0.0, n, 1)])
-        times.append(_ok(records)[0].ttft_s * 1000)
-    return float(statistics.median(times))
+        for n in lengths:
+            gen.seed = n * 1000 + rep
+            records, _ = await gen.run([BenchRequest(0.0, n, 1)])
+            times[n].append(_ok(records)[0].ttft_s * 1000)
+    return [(n, float(statistics.median(times[n]))) for n in lengths]
 
 
 async def _decode_point(
@@ -148,15 +198,9 @@ def _say(progress: Say, text: str) -> None:
 async def engine_facts(gen: LoadGenerator, settings: ProfileSettings) -> dict[str, Any]:
     """Model name, max_model_len, KV blocks and block size (vLLM's metrics), KV bytes/token."""
     root = re.sub(r"/v1/?$", "", gen.base_url)
+    entry = await _served_model(gen, settings.model)
     async with httpx.AsyncClient(timeout=10.0) as client:
-        models = (await client.get(f"{gen.base_url}/models", headers=gen.headers)).json()
         metrics = (await client.get(f"{root}/metrics")).text
-    served = models.get("data") or []
-    if not served:
-        raise InputError(f"{gen.base_url} serves no models")
-    entry = next((m for m in served if m["id"] == settings.model), served[0])
-    if settings.model and entry["id"] != settings.model:
-        raise InputError(f"{gen.base_url} does not serve {settings.model!r}")
     if settings.num_blocks and settings.block_size:
         blocks, block_size = settings.num_blocks, settings.block_size
     else:
@@ -169,6 +213,19 @@ async def engine_facts(gen: LoadGenerator, settings: ProfileSettings) -> dict[st
         "block_size": block_size,
         "kv_bytes_per_token": kv_bytes_per_token(model_dir, settings.dtype),
     }
+
+
+async def _served_model(gen: LoadGenerator, wanted: str) -> dict[str, Any]:
+    """The /v1/models entry of `wanted` (default: the first served)."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        models = (await client.get(f"{gen.base_url}/models", headers=gen.headers)).json()
+    served = models.get("data") or []
+    if not served:
+        raise InputError(f"{gen.base_url} serves no models")
+    entry = next((m for m in served if m["id"] == wanted), served[0])
+    if wanted and entry["id"] != wanted:
+        raise InputError(f"{gen.base_url} does not serve {wanted!r}")
+    return dict(entry)
 
 
 def kv_blocks(metrics_text: str) -> tuple[int, int]:

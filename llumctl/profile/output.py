@@ -24,6 +24,12 @@ def profile_text(result: dict[str, Any], suffix: str) -> str:
         f"# Loopback KV transfer rate: {result['transfer_gbps']:.2f} Gb/s "
         "(simulator: [cluster] migration_bandwidth_gbps).",
     ]
+    points = result.get("co_located_points_ms")
+    if points:
+        lines.append(
+            f"# co_located_slowdown measured over {len(points)} instances sharing one host "
+            f"(simulator: [cluster] instances_per_host = {len(points)})."
+        )
     for key, value in values.items():
         lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ from llumctl.policy import (
     select_candidates,
 )
 from llumctl.sim.config import SimConfig
+from llumctl.sim.hosts import HostSharing
 from llumctl.sim.instance import SimInstance, SimRequest, StepResult
 from llumctl.sim.migration import Migration, MigrationModel
 from llumctl.sim.profile import LatencyProfile
@@ -60,6 +61,7 @@ class Simulation:
         self.migrations = MigrationModel(config, profile)
         self.instances: dict[str, SimInstance] = {}
         self._busy: set[str] = set()
+        self.hosts = HostSharing(config.instances_per_host, profile.co_located_slowdown)
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._num_created = 0
@@ -92,6 +94,7 @@ class Simulation:
         self._num_created += 1
         inst = SimInstance(iid, self.profile)
         self.instances[iid] = inst
+        self.hosts.place(iid, self._num_created - 1)
         return inst
 
     def run(self, progress: Progress | None = None) -> dict[str, Any]:
@@ -127,14 +130,17 @@ class Simulation:
     def _kick(self, inst: SimInstance, now: float) -> None:
         if inst.instance_id not in self._busy:
             self._busy.add(inst.instance_id)
+            self.hosts.set_busy(inst.instance_id, True)
             self._push(now, STEP, inst)
 
     def _on_step(self, now: float, inst: SimInstance) -> None:
         result = inst.step()
         if result is None:
             self._busy.discard(inst.instance_id)
+            self.hosts.set_busy(inst.instance_id, False)
             self._maybe_retire(inst, now)
             return
+        result.duration_s *= self.hosts.step_factor(inst.instance_id)
         end = now + result.duration_s
         self._record(result, now, end)
         self._seq += 1

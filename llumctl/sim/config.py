@@ -5,7 +5,7 @@ A workload file (TOML, parsed by the caller) holds:
     [workload]   requests, rate, arrival, cv, input, output, priority_ratio, seed, trace
     [cluster]    instances, tick_interval_s, report_interval_s, startup_delay_s,
                  migration_bandwidth_gbps, migration_stop_ms, max_migration_stages,
-                 migration_delta_blocks, policies (list of policy names)
+                 migration_delta_blocks, instances_per_host, policies (list of names)
     [policy]     any `PolicyParams` field (thresholds, scaling band, pool bounds, ...)
     [profile]    any `LatencyProfile` key (see llumctl/sim/profile.py)
 """
@@ -41,11 +41,15 @@ class SimConfig:
     # Pre-copy stages before the stop, at most; stop early once the new delta is small.
     max_migration_stages: int = 4
     migration_delta_blocks: int = 1
+    # Instances per host, filled in creation order; the profile's co_located_slowdown
+    # applies among the instances of one host (CPU hosts share cores; GPUs do not).
+    instances_per_host: int = 1
 
     def validate(self) -> None:
         if self.num_instances <= 0:
             raise WorkloadError(f"instances must be positive, got {self.num_instances}")
-        for name in ("tick_interval_s", "migration_bandwidth_gbps", "max_migration_stages"):
+        names = ("tick_interval_s", "migration_bandwidth_gbps", "max_migration_stages")
+        for name in (*names, "instances_per_host"):
             if not getattr(self, name) > 0:
                 raise WorkloadError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("report_interval_s", "startup_delay_s", "migration_stop_ms"):

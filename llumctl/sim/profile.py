@@ -19,6 +19,9 @@ keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency 
     max_num_seqs           256      running sequences per instance
     watermark_blocks       8        free blocks a new admission must leave (vLLM: 1% of M)
     max_model_len          12288    longest prompt + output accepted
+    co_located_slowdown    0.0      relative step slowdown per other busy instance on the
+                                      same host ([cluster] instances_per_host): CPU hosts
+                                      share cores, GPUs do not (0)
 
 A step that decodes B sequences and prefills prompts n_1..n_k lasts
 decode(B, S) + Σ prefill(n_i) (decode term only when B > 0). A measured engine drops in
@@ -55,6 +58,8 @@ class LatencyProfile:
     max_num_seqs: int = 256
     watermark_blocks: int = 8
     max_model_len: int = 12288
+    # Instances on one CPU host slow each other; see llumctl/sim/hosts.py.
+    co_located_slowdown: float = 0.0
 
     def decode_ms(self, num_seqs: int, num_resident_tokens: int) -> float:
         """Duration of the decode part of a step."""

@@ -76,6 +76,8 @@ def test_profile_unreachable_endpoint(tmp_path: Path) -> None:
         (["--kv-blocks", "7"], "--kv-blocks and --block-size go together"),
         (["--kv-blocks", "-7", "--block-size", "32"], "--kv-blocks and --block-size go together"),
         (["--max-model-len", "-1"], "--max-model-len must be positive"),
+        (["--co-located", "3"], "--co-located N (2 or more) and --co-located-url go together"),
+        (["--co-located", "1", "--co-located-url", "http://x/v1"], "--co-located N (2 or more)"),
     ],
 )
 def test_profile_bad_kv_facts(tmp_path: Path, args: list[str], text: str) -> None:

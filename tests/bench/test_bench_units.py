@@ -10,7 +10,13 @@ from llumctl.bench.records import BenchRequest, RequestRecord
 from llumctl.bench.stats import percentile, summarize
 from llumctl.bench.workload import fit_lengths, from_specs, log_line, to_specs
 from llumctl.errors import InputError
-from llumctl.profile.fit import fit_decode, fit_prefill, nonneg_lstsq, relative_error
+from llumctl.profile.fit import (
+    fit_co_located,
+    fit_decode,
+    fit_prefill,
+    nonneg_lstsq,
+    relative_error,
+)
 from llumctl.profile.measure import kv_blocks
 from llumctl.sim.workload import WorkloadSpec, generate
 
@@ -20,6 +26,13 @@ def test_fits_recover_known_coefficients() -> None:
     assert fit_prefill(prefill) == pytest.approx((12, 0.5, 1e-4))
     decode = [(b, s, 20 + 0.3 * b + 0.002 * s) for b in (1, 4, 16) for s in (100, 3000)]
     assert fit_decode(decode) == pytest.approx((20, 0.3, 0.002))
+
+
+def test_co_located_slowdown_is_the_rise_per_busy_neighbour() -> None:
+    assert fit_co_located([(1, 4.0), (2, 5.0), (3, 6.0)]) == pytest.approx(0.25)
+    # Neighbours that do not slow a step (GPUs): zero, never negative.
+    assert fit_co_located([(1, 4.0), (2, 3.9), (3, 4.0)]) == 0.0
+    assert fit_co_located([(2, 5.0)]) == 0.0  # no k = 1 point to compare with
 
 
 def test_negative_terms_are_dropped_not_written() -> None:

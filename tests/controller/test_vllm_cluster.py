@@ -3,6 +3,7 @@ processes, their load reports pointed at a controller process started here)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -215,3 +216,25 @@ def test_policy_loop_migrates_and_cuts_preemptions(
     assert {e["trigger"] for e in llumnix["migrations"]} <= {"load", "preempted"}
     assert baseline["preemptions"] > 0
     assert llumnix["preemptions"] < baseline["preemptions"]
+
+
+def test_profile_measures_co_located_instances_through_the_controller(
+    vllm_instances, vllm_controller
+):
+    # `llumctl profile --co-located 2`: k = 1, 2 decodes at once through the controller.
+    # Each pair must land on both instances (else it measures batching, not neighbours).
+    from llumctl.profile.fit import fit_co_located
+    from llumctl.profile.measure import ProfileSettings, measure_co_located
+
+    before = _api(vllm_controller, vllm_instances[0], "GET", "/api/events").json()["last_seq"]
+    url = vllm_controller.url + "/v1"
+    settings = ProfileSettings("", quick=True, co_located_url=url, co_located=2)
+    points = asyncio.run(measure_co_located(settings))
+    assert [k for k, _ in points] == [1, 2] and all(ms > 0 for _, ms in points)
+    assert fit_co_located(points) >= 0.0
+    path = f"/api/events?kind=dispatch&since={before}"
+    events = _api(vllm_controller, vllm_instances[0], "GET", path).json()["events"]
+    # Rounds in order (quick: 2): k=1, then k=2 (a pair), again.
+    assert len(events) == 6
+    for pair in (events[1:3], events[4:6]):
+        assert {e["instance"] for e in pair} == {i.instance_id for i in vllm_instances}
