@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -124,6 +126,9 @@ def save(parts: dict[str, Any], base: dict[str, Any], start: float) -> Path:
 
 
 def main() -> None:
+    # A stopped suite must stop what it started: SIGTERM unwinds like Ctrl-C, through the
+    # phases' `finally` blocks that stop every engine, router and cluster by PID.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument(
