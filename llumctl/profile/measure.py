@@ -12,8 +12,8 @@ never shortcuts a prefill.
 
 Co-located (optional): through an endpoint that spreads simultaneous requests over N
 instances of the profiled engine's host (a llumctl controller with all of them serving),
-k = 1..N decodes at once; the rise of their time per token with k is how much busy
-neighbours slow a step (`co_located_slowdown`, see llumctl/sim/hosts.py).
+k = 1..N decodes at once; the rise of their end-to-end time per output token with k is
+how much busy neighbours slow a step (`co_located_slowdown`, see llumctl/sim/hosts.py).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
 
 
 async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float]]:
-    """(k, time per output token in ms) for k = 1..N decodes sent at once to the
+    """(k, end-to-end ms per output token) for k = 1..N decodes sent at once to the
     co-located endpoint, each the median of `repeats` rounds (k in turn within a round)."""
     gen = LoadGenerator(settings.co_located_url, settings.model, timeout_s=300.0)
     await gen.check()

@@ -115,6 +115,23 @@ def test_profile_writes_a_simulator_profile(openai_server, tmp_path: Path) -> No
     assert data == {k: v for k, v in result["profile"].items()} | {"name": "tiny-cpu"}
 
 
+def test_profile_co_located_points_go_into_the_profile(openai_server, tmp_path: Path) -> None:
+    # The plumbing only: one server batches the "co-located" pair instead of spreading it
+    # (tests/controller/test_vllm_cluster.py measures through a controller that spreads).
+    out_file = tmp_path / "measured.toml"
+    out = llumctl(
+        "profile", "--url", openai_server.url, "--out", str(out_file), "--quick",
+        "--co-located", "2", "--co-located-url", openai_server.url, "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [k for k, _ in result["co_located_points_ms"]] == [1, 2]
+    text = out_file.read_text()
+    assert "[cluster] instances_per_host = 2" in text
+    written = LatencyProfile.from_dict(tomllib.loads(text)).co_located_slowdown
+    assert written == result["profile"]["co_located_slowdown"] >= 0.0
+
+
 def test_profile_takes_kv_facts_given_for_an_endpoint_that_hides_them(
     openai_server, tmp_path: Path
 ) -> None:
