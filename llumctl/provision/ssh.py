@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import threading
 from pathlib import Path
 
 import paramiko
@@ -21,6 +22,8 @@ from llumctl.errors import ConnectionFailed
 from llumctl.provision.runner import SSHRunner
 
 CONNECT_TIMEOUT_S = 10.0
+# known_hosts is read-modified-written by parallel connections (see _save_host_keys).
+_KNOWN_HOSTS_LOCK = threading.Lock()
 
 
 class UnknownHostKey(paramiko.SSHException):  # type: ignore[misc]
@@ -105,10 +108,32 @@ def _client(accept_new: bool) -> paramiko.SSHClient:
 
 
 def _save_host_keys(client: paramiko.SSHClient) -> None:
+    """Append the keys this connection accepted to known_hosts, as `ssh` does.
+
+    `llumctl up` connects to its hosts in parallel, and every client read the file before
+    the others added their keys: writing one client's view back would drop the others'
+    (seen in CI: the second host's key lost, and every later command refused it). So the
+    file is re-read under a lock and only missing keys are appended; lines paramiko cannot
+    parse stay as the operator wrote them."""
+    path = known_hosts_path()
     try:
-        client.save_host_keys(str(known_hosts_path()))
-    except OSError as exc:
-        raise ConnectionFailed(f"cannot update {known_hosts_path()}: {exc}") from None
+        with _KNOWN_HOSTS_LOCK:
+            on_file = paramiko.HostKeys(str(path)) if path.is_file() else paramiko.HostKeys()
+            lines = []
+            for hostname, keys in client.get_host_keys().items():
+                known = on_file.lookup(hostname) or {}
+                for key_type, key in keys.items():
+                    if key_type not in known:
+                        lines.append(f"{hostname} {key_type} {key.get_base64()}\n")
+            if lines:
+                with open(path, "a+", encoding="utf-8") as f:
+                    f.seek(0)
+                    text = f.read()
+                    if text and not text.endswith("\n"):
+                        lines.insert(0, "\n")
+                    f.writelines(lines)
+    except (OSError, paramiko.SSHException) as exc:
+        raise ConnectionFailed(f"cannot update {path}: {exc}") from None
 
 
 def _reason(exc: Exception) -> str:
