@@ -7,9 +7,9 @@ the simulator gets exactly the requests that were sent (same arrival times and l
 The profile is measured through the same path (controller, relay, instance; every other
 instance drained), so its fixed per-request cost is the one the real run pays; before the
 drain, `--co-located N` measures how much the N instances, sharing this machine's cores,
-slow each other, and the simulator puts them on one host. The real run is made three times (`RUNS`), and the simulation is compared with their
-median; how
-far they differ is the noise floor no model can beat.
+slow each other, and the simulator puts them on one host. The real run is made `RUNS`
+times and the simulation is compared with their median; how far they differ is the noise
+floor no model can beat.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ class FidelityConfig:
 def co_located_points(url: str, instances: int, quick: bool = False) -> list[tuple[int, float]]:
     """`llumctl profile --co-located N`'s measurement, through the controller with all N
     instances serving (before `profile_engine` drains all but one)."""
-    settings = ProfileSettings("", "tiny", quick=quick, co_located_url=f"{url}/v1")
-    return asyncio.run(measure_co_located(replace(settings, co_located=instances)))
+    settings = ProfileSettings(
+        "", "tiny", quick=quick, co_located_url=f"{url}/v1", co_located=instances
+    )
+    return asyncio.run(measure_co_located(settings))
 
 
 def profile_engine(

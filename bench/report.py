@@ -59,6 +59,18 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
             f"| {r['throughput_rps']:.3f} | {r['preemptions']} | {r['migrations']} "
             f"| {r['errors']} | {r['load_avg']} | {stalls} |"
         )
+    sampled = [
+        f"`{name}` {r['queued_samples']} of {r['state_samples']} (longest queue "
+        f"{r['max_queued']}, KV peak {r['kv_peak_blocks']} of {shape['num_blocks']} blocks)"
+        for name, r in sbs["results"].items()
+        if "state_samples" in r
+    ]
+    if sampled:
+        lines += [
+            "",
+            "Cluster state sampled every 0.2 s during the llumctl runs (`--sample-state`): "
+            "samples in which some instance had a queued request: " + "; ".join(sampled) + ".",
+        ]
     lines += [
         "",
         "Client stalls: seconds the load generator itself went unscheduled during the run "

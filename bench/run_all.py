@@ -70,7 +70,9 @@ def phase_llumctl(
         )
         return out
 
-    return side_by_side.run_llumctl(sbs, work, extra=extra)
+    # Cluster state sampled in every llumctl run: whether queues formed (the sampler costs
+    # llumctl a little, never the routers, so it cannot flatter llumctl).
+    return side_by_side.run_llumctl(sbs, work, extra=extra, sample_state=True)
 
 
 def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -24,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import engines, llumctl_stack, prom
+from bench.common.cluster_state import ClusterSampler
 from bench.common.machine import load_now, machine_facts
 from bench.common.procs import stop, stop_all
 from bench.common.stalls import StallMonitor
@@ -103,8 +105,11 @@ def result_row(summary: dict[str, Any], preemptions: float, migrations: float) -
     return row
 
 
-def run_llumctl(cfg: SideBySideConfig, work: Path, extra: Any = None) -> dict[str, Any]:
-    """Both llumctl policies on one cluster (the policy is switched between runs)."""
+def run_llumctl(
+    cfg: SideBySideConfig, work: Path, extra: Any = None, sample_state: bool = False
+) -> dict[str, Any]:
+    """Both llumctl policies on one cluster (the policy is switched between runs); with
+    `sample_state`, each run also reports whether queues formed (bench/common/cluster_state)."""
     toml = llumctl_stack.cluster_toml(cfg.instances, "vllm", cfg.shape, LLUMCTL_POLICIES[0])
     cluster = llumctl_stack.up(work / "llumctl-home", toml)
     results: dict[str, Any] = {}
@@ -118,7 +123,8 @@ def run_llumctl(cfg: SideBySideConfig, work: Path, extra: Any = None) -> dict[st
         runs: dict[str, list[dict[str, Any]]] = {f"llumctl-{p}": [] for p in LLUMCTL_POLICIES}
         for rep in range(cfg.reps):
             for k, policy in enumerate(LLUMCTL_POLICIES):
-                row = _llumctl_run(cluster, policy, workload, cfg.seed * 100 + 20 * rep + k)
+                seed = cfg.seed * 100 + 20 * rep + k
+                row = _llumctl_run(cluster, policy, workload, seed, sample_state)
                 runs[f"llumctl-{policy}"].append(row)
                 print(f"llumctl-{policy} (run {rep + 1}): {json.dumps(row)}", flush=True)
         results.update({name: combine(rows) for name, rows in runs.items()})
@@ -130,11 +136,12 @@ def run_llumctl(cfg: SideBySideConfig, work: Path, extra: Any = None) -> dict[st
 
 
 def _llumctl_run(
-    cluster: Any, policy: str, workload: list[BenchRequest], seed: int
+    cluster: Any, policy: str, workload: list[BenchRequest], seed: int, sample_state: bool
 ) -> dict[str, Any]:
     cluster.set_policy(policy)
     before, first_event = cluster.metrics(), cluster.last_event_seq()
-    summary = run_load(cluster.url, workload, seed)
+    with ClusterSampler(cluster.status) if sample_state else contextlib.nullcontext() as state:
+        summary = run_load(cluster.url, workload, seed)
     after = cluster.metrics()
     row = result_row(
         summary,
@@ -151,17 +158,22 @@ def _llumctl_run(
     row["server_ttft_mean"] = _mean(before, after, "llumctl_ttft_seconds")
     # Instances dropped for stale load reports (a starved agent) skew a run.
     row["instance_failures"] = len(cluster.events("failure", since=first_event))
+    if state is not None:
+        row.update(state.summary())
     return row
 
 
 def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One row for a stack/policy from its runs: the median of every number, the sum of
-    the counts (errors, failures, migration attempts by outcome), and the runs themselves."""
+    the counts (errors, failures, migration attempts by outcome, state samples), the
+    largest of the peaks (queue, KV), and the runs themselves."""
     out: dict[str, Any] = {}
     for key, first in rows[0].items():
         values = [r[key] for r in rows if key in r]
-        if key in ("errors", "instance_failures"):
+        if key in ("errors", "instance_failures", "state_samples", "queued_samples"):
             out[key] = sum(values)
+        elif key in ("max_queued", "kv_peak_blocks"):
+            out[key] = max(values)
         elif key == "first_errors":
             out[key] = [e for v in values for e in v][:5]
         elif key == "migration_attempts":
@@ -297,6 +309,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SideBySideConfig, argpars
     parser.add_argument(
         "--no-save", action="store_true", help="print the results; leave bench/results alone"
     )
+    parser.add_argument(
+        "--sample-state",
+        action="store_true",
+        help="llumctl runs: sample the cluster every 0.2 s (queued requests, KV blocks used)",
+    )
     args = parser.parse_args(argv)
     shape = replace(defaults.shape, num_blocks=args.num_blocks)
     names = [f.name for f in fields(SideBySideConfig) if f.name != "shape"]
@@ -314,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
         work = Path(tmp)
         if args.only in ("all", "llumctl"):
-            results.update(run_llumctl(cfg, work))
+            results.update(run_llumctl(cfg, work, sample_state=args.sample_state))
         if args.only in ("all", "router"):
             results.update(run_router(cfg, cached_model("tiny", 0), work))
     machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -107,3 +107,19 @@ def test_side_by_side_rows_are_medians_of_the_runs_with_counts_summed() -> None:
     assert row["errors"] == 3  # every failed request counts
     assert row["migration_attempts"] == {"committed:x": 3, "aborted:y": 1}
     assert row["runs"] == runs
+
+
+def test_cluster_state_samples_say_whether_queues_formed() -> None:
+    from bench.common.cluster_state import summarize_samples
+    from bench.side_by_side import combine
+
+    # (running, queued, KV blocks used) per instance, per sample.
+    quiet = summarize_samples([[(1, 0, 8), (0, 0, 0)], [(2, 0, 28), (1, 0, 5)]])
+    assert quiet == {"state_samples": 2, "queued_samples": 0, "max_queued": 0, "kv_peak_blocks": 28}
+    busy = summarize_samples([[(3, 0, 39), (1, 2, 40)], [(3, 1, 40), (0, 0, 0)], [(1, 0, 9)]])
+    assert busy == {"state_samples": 3, "queued_samples": 2, "max_queued": 2, "kv_peak_blocks": 40}
+    assert summarize_samples([])["queued_samples"] == 0
+    # Over runs: samples add up, peaks are the largest.
+    row = combine([{"ttft_p99": 1.0, **quiet}, {"ttft_p99": 2.0, **busy}])
+    assert (row["state_samples"], row["queued_samples"]) == (5, 2)
+    assert (row["max_queued"], row["kv_peak_blocks"]) == (2, 40)
