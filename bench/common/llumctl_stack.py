@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -83,7 +84,15 @@ def up(home: Path, toml: str, timeout_s: float = 900.0) -> LlumctlCluster:
     home.mkdir(parents=True, exist_ok=True)
     path = home / "cluster.toml"
     path.write_text(toml)
-    _llumctl(home, ["up", str(path), "--timeout", str(timeout_s)], timeout_s + 120)
+    try:
+        _llumctl(home, ["up", str(path), "--timeout", str(timeout_s)], timeout_s + 120)
+    except BaseException:
+        # A failed or interrupted `up` may have started the controller and agents already:
+        # stop what its state file records before giving up.
+        if (home / "state.json").exists():
+            with contextlib.suppress(Exception):
+                _llumctl(home, ["down", "--force"], 300)
+        raise
     state = json.loads((home / "state.json").read_text())
     url = state.get("controller_url") or state["controller"]["url"]
     return LlumctlCluster(home, url.rstrip("/"), state["secret"], _controller_pid(state))
