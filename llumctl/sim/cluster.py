@@ -140,8 +140,7 @@ class Simulation:
             self.hosts.set_busy(inst.instance_id, False)
             self._maybe_retire(inst, now)
             return
-        result.duration_s *= self.hosts.step_factor(inst.instance_id)
-        end = now + result.duration_s
+        end = now + result.duration_s * self.hosts.step_factor(inst.instance_id)
         self._record(result, now, end)
         self._seq += 1
         heapq.heappush(self._events, (end, self._seq, STEP, inst))
