@@ -31,6 +31,15 @@ def machine_section(suite: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cpu_line(name: str, cpu: dict[str, float]) -> str:
+    front = cpu.get("controller", 0.0) + cpu.get("agent", 0.0) + cpu.get("router", 0.0)
+    servers = cpu.get("instance", 0.0) + cpu.get("vllm-server", 0.0)
+    return (
+        f"`{name}` busy {cpu.get('busy', 0.0):.0f}: engines {cpu.get('engine', 0.0):.0f}, "
+        f"servers {servers:.1f}, front {front:.1f}, client {cpu.get('client', 0.0):.1f}"
+    )
+
+
 def side_by_side_section(suite: dict[str, Any]) -> list[str]:
     sbs = suite["side_by_side"]
     cfg = suite["config"]["side_by_side"]
@@ -70,6 +79,14 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
             "",
             "Cluster state sampled every 0.2 s during the llumctl runs (`--sample-state`): "
             "samples in which some instance had a queued request: " + "; ".join(sampled) + ".",
+        ]
+    cpu_rows = [_cpu_line(name, r["cpu_s"]) for name, r in sbs["results"].items() if "cpu_s" in r]
+    if cpu_rows:
+        lines += [
+            "",
+            "CPU seconds per run by role (median; `busy` is all cores, every process; "
+            "`front` is the controller and agent, or the router; `servers` the instance "
+            "or vLLM API processes): " + "; ".join(cpu_rows) + ".",
         ]
     lines += [
         "",

@@ -24,7 +24,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import engines, llumctl_stack, prom
+from bench.common import cpu, engines, llumctl_stack, prom
 from bench.common.cluster_state import ClusterSampler
 from bench.common.machine import load_now, machine_facts
 from bench.common.procs import stop, stop_all
@@ -71,9 +71,12 @@ class SideBySideConfig:
 
 def run_load(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any]:
     gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=900.0, seed=seed)
+    cpu_before = cpu.snapshot()
     with StallMonitor() as monitor:
         records, duration = asyncio.run(gen.run(workload))
     summary: dict[str, Any] = dict(summarize(records, duration))
+    # CPU seconds by role (engines, instance servers, controller/router, this client).
+    summary["cpu_s"] = cpu.used_between(cpu_before, cpu.snapshot())
     summary["load_avg"] = load_now()
     # How long the load generator itself went unscheduled (a VM stall delays every
     # timestamp it takes; a multi-second one can make a P99 on its own).
@@ -102,6 +105,7 @@ def result_row(summary: dict[str, Any], preemptions: float, migrations: float) -
     row["client_stall_s"] = summary["client_stall_s"]
     row["client_stall_max_s"] = summary["client_stall_max_s"]
     row["first_errors"] = summary["first_errors"]  # what a failed request was told
+    row["cpu_s"] = summary["cpu_s"]
     return row
 
 
@@ -176,6 +180,11 @@ def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = max(values)
         elif key == "first_errors":
             out[key] = [e for v in values for e in v][:5]
+        elif key == "cpu_s":
+            roles = sorted({role for v in values for role in v})
+            out[key] = {
+                r: round(statistics.median(v.get(r, 0.0) for v in values), 2) for r in roles
+            }
         elif key == "migration_attempts":
             total: Counter[str] = Counter()
             for v in values:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.engines.vllm.params import SHARED_CORES_ENGINE_NICE
 from bench.common.procs import ENGINE_ENV, Proc, free_port, spawn, wait_http
 
 
@@ -48,6 +51,26 @@ IN_CORE_ARGS = ["--distributed-executor-backend", "uni"]
 IN_CORE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+def lower_engine_priority(server: Proc, nice: int = SHARED_CORES_ENGINE_NICE) -> None:
+    """The plain server's engine-core main thread at the nice llumctl's agent gives its own
+    on shared cores (agent/engines/vllm/params.py), so both stacks run their engines and
+    their HTTP/relay processes at the same priorities."""
+    for pid in _descendants(server.pid):
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            if title.startswith(b"VLLM::EngineCore"):
+                os.setpriority(os.PRIO_PROCESS, pid, nice)  # the main thread (tid = pid)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
+
+
 def launch_vllm(model_dir: Path, name: str, shape: EngineShape, log_dir: Path) -> Proc:
     """Start `python -m vllm.entrypoints.openai.api_server` (returns at once)."""
     port = free_port()
@@ -65,6 +88,7 @@ def start_vllm_servers(
     try:
         for proc in procs:
             wait_http(proc, "/v1/models")
+            lower_engine_priority(proc)
     except BaseException:  # Ctrl-C while waiting must not leave engines behind
         from bench.common.procs import stop_all
 

@@ -33,6 +33,10 @@ from llumctl.protocol import (
 
 _STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)
 _CALL_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# Every running request holds one connection to its instance. httpx keeps only 20 idle
+# ones by default: past 20 streams at once, each finished one closed its connection and the
+# next request paid a new one (seen in a profile of a loaded controller).
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=512)
 
 
 def error_message(resp: httpx.Response) -> str:
@@ -81,7 +85,9 @@ class InstanceClient:
     """Calls the instance API (docs/architecture.md) of any instance by its base URL."""
 
     def __init__(self, secret: str) -> None:
-        self._http = httpx.AsyncClient(headers=bearer(secret), timeout=_CALL_TIMEOUT)
+        self._http = httpx.AsyncClient(
+            headers=bearer(secret), timeout=_CALL_TIMEOUT, limits=_LIMITS
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -153,7 +159,9 @@ class AgentClient:
     """Calls the agent API: start and stop instances."""
 
     def __init__(self, secret: str) -> None:
-        self._http = httpx.AsyncClient(headers=bearer(secret), timeout=_CALL_TIMEOUT)
+        self._http = httpx.AsyncClient(
+            headers=bearer(secret), timeout=_CALL_TIMEOUT, limits=_LIMITS
+        )
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -123,3 +123,31 @@ def test_cluster_state_samples_say_whether_queues_formed() -> None:
     row = combine([{"ttft_p99": 1.0, **quiet}, {"ttft_p99": 2.0, **busy}])
     assert (row["state_samples"], row["queued_samples"]) == (5, 2)
     assert (row["max_queued"], row["kv_peak_blocks"]) == (2, 40)
+
+
+def test_cpu_by_role_is_the_rise_per_role_and_new_processes_count_from_zero() -> None:
+    from bench.common.cpu import used_between
+    from bench.side_by_side import combine
+
+    before = {"procs": {10: ("engine", 5.0), 11: ("controller", 1.0)}, "busy": 100.0, "steal": 1}
+    after = {
+        "procs": {10: ("engine", 9.5), 11: ("controller", 1.5), 12: ("engine", 2.0)},
+        "busy": 112.0,
+        "steal": 1.5,
+    }
+    used = used_between(before, after)
+    assert used == {"busy": 12.0, "controller": 0.5, "engine": 6.5, "steal": 0.5}
+    # A reused PID under another role is a new process: it counts from zero.
+    reused = {**after, "procs": {11: ("router", 0.75)}}
+    assert used_between(before, reused)["router"] == 0.75
+    row = combine([{"cpu_s": used}, {"cpu_s": {"engine": 8.5, "busy": 10.0}}])
+    assert row["cpu_s"] == {"busy": 11.0, "controller": 0.25, "engine": 7.5, "steal": 0.25}
+
+
+def test_cpu_snapshot_names_this_process_the_client() -> None:
+    import os
+
+    from bench.common.cpu import snapshot
+
+    role, seconds = snapshot()["procs"][os.getpid()]
+    assert role == "client" and seconds > 0

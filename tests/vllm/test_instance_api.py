@@ -159,6 +159,42 @@ def test_instances_sharing_cores_have_no_separate_worker_process(vllm_instances)
         assert [t for t in titles if t.startswith("VLLM::")] == ["VLLM::EngineCore"], titles
 
 
+def test_engine_nice_defaults_to_10_on_shared_cores_and_is_checked(tmp_path):
+    from agent.engines.vllm.params import SHARED_CORES_ENGINE_NICE, build_engine_args
+    from llumctl.errors import InputError
+
+    def extra(args: dict, in_core: bool) -> dict:
+        built = build_engine_args("m", args, str(tmp_path), in_core=in_core)
+        return dict(built.kv_transfer_config.kv_connector_extra_config)
+
+    assert extra({}, True)["engine_nice"] == SHARED_CORES_ENGINE_NICE == 10
+    assert extra({"engine_nice": 0}, True)["engine_nice"] == 0
+    assert "engine_nice" not in extra({}, False)  # GPU or own cores: untouched
+    assert extra({"engine_nice": 5}, False)["engine_nice"] == 5
+    for bad in (20, -1, 2.5, "x"):
+        with pytest.raises(InputError, match="engine_nice must be"):
+            build_engine_args("m", {"engine_nice": bad}, str(tmp_path), in_core=True)
+
+
+async def test_engine_steps_run_at_lower_priority_than_the_io_threads(vllm_instances, http):
+    # After a step, the engine core's main thread (steps, compute) runs at nice 10, and
+    # the threads vLLM started for its I/O with the instance process stay at 0.
+    inst = vllm_instances[0]
+    body = {"request_id": "nice-check", "prompt_token_ids": [5, 6], "sampling": {"max_tokens": 2}}
+    async with http.stream("POST", f"{inst.url}/generate", json=body, headers=inst.headers) as r:
+        assert r.status_code == 200
+        await r.aread()
+    (core,) = [p for p in _descendants(inst.pid) if _title(p).startswith("VLLM::EngineCore")]
+    nice = {int(t.name): _nice(core, int(t.name)) for t in Path(f"/proc/{core}/task").iterdir()}
+    assert nice[core] == 10, nice
+    assert 0 in nice.values(), nice
+
+
+def _nice(pid: int, tid: int) -> int:
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of stat(5)
+
+
 def _descendants(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():

@@ -40,6 +40,16 @@ def socket_paths(socket_dir: str) -> tuple[str, str]:
     return os.path.join(socket_dir, "sched.sock"), os.path.join(socket_dir, "worker.sock")
 
 
+def lower_priority(nice: int) -> None:
+    """Run the calling thread (the one running engine steps: scheduling and, in-core, the
+    model's compute) at `nice` (params.py, `SHARED_CORES_ENGINE_NICE`). Absolute and
+    idempotent (both connector halves may call it from one thread); it never raises a
+    priority, which would need privileges."""
+    # On Linux, PRIO_PROCESS with who=0 is the calling thread, not the whole process.
+    if nice > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
 class LlumConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
         super().__init__(vllm_config, role, kv_cache_config)
@@ -49,11 +59,19 @@ class LlumConnector(KVConnectorBase_V1):
         num_blocks = kv_cache_config.num_blocks
         self._sched: SchedulerSide | None = None
         self._worker: WorkerSide | None = None
+        # Applied at the first step, from the thread that runs steps: by then vLLM's I/O
+        # threads (requests in, outputs out) run, and they keep their priority.
+        self._nice_pending = int(extra.get("engine_nice", 0))
         if role == KVConnectorRole.SCHEDULER:
             min_step_s = float(extra.get("min_step_ms", 0.0)) / 1000
             self._sched = SchedulerSide(sched_path, block_size, num_blocks, min_step_s)
         else:
             self._worker = WorkerSide(worker_path, num_blocks)
+
+    def _apply_nice(self) -> None:
+        if self._nice_pending:
+            lower_priority(self._nice_pending)
+            self._nice_pending = 0
 
     # ---- worker side ---------------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
@@ -61,6 +79,7 @@ class LlumConnector(KVConnectorBase_V1):
         self._worker.register_kv_caches(kv_caches)
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        self._apply_nice()
         meta = self._get_connector_metadata()
         assert self._worker is not None and isinstance(meta, LlumConnectorMetadata)
         self._worker.note_releases(meta.releases)
@@ -102,6 +121,7 @@ class LlumConnector(KVConnectorBase_V1):
 
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         assert self._sched is not None
+        self._apply_nice()
         loads, releases = self._sched.build_meta()
         return LlumConnectorMetadata(loads=loads, releases=releases)
 

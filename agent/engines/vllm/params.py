@@ -21,7 +21,17 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
 # `min_step_ms`: every engine step lasts at least this long. It emulates a slower
 # accelerator, and lets tests keep requests alive long enough to act on them whatever the
 # machine's speed (a tiny model on an idle CPU decodes 1,000+ tokens/s).
-CONNECTOR_ARGS = ("min_step_ms",)
+# `engine_nice`: the CPU priority (nice, 0-19) of the engine core's compute thread; see
+# `SHARED_CORES_ENGINE_NICE`.
+CONNECTOR_ARGS = ("min_step_ms", "engine_nice")
+
+# On a CPU host whose engines share cores, engine steps are the compute and everything else
+# on the path of a token (instance API, controller relay, their load reports) is a few
+# milliseconds of Python per step that must wait for a core behind them. At nice 10 the
+# engines still get every cycle nobody else wants, and the relays get a core when a token is
+# ready. Measured on 2 cores, 3 engines, the side-by-side workload through the controller:
+# P50 TTFT 0.52-0.58 s -> 0.29 s, with the same throughput.
+SHARED_CORES_ENGINE_NICE = 10
 
 
 def build_engine_args(
@@ -34,10 +44,14 @@ def build_engine_args(
     args = {**DEFAULT_ENGINE_ARGS, **overrides}
     if in_core:
         args["distributed_executor_backend"] = "uni"
+        args.setdefault("engine_nice", SHARED_CORES_ENGINE_NICE)
     extra: dict[str, Any] = {"socket_dir": socket_dir}
     for key in CONNECTOR_ARGS:
         if key in args:
             extra[key] = _non_negative(key, args.pop(key))
+    nice = extra.get("engine_nice", 0)
+    if nice > 19 or nice != int(nice):
+        raise InputError(f"bad engine argument: engine_nice must be an integer 0-19, not {nice}")
     kv = KVTransferConfig(
         kv_connector="LlumConnector",
         kv_connector_module_path="agent.engines.vllm.connector",
