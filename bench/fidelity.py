@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.runtime import REPORT_MIN_INTERVAL_S
 from bench.common.engines import EngineShape
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest, RequestRecord
@@ -122,7 +123,12 @@ def simulated(
 ) -> dict[str, float]:
     exp = Experiment(
         # One machine: the instances share its cores (the profile's co_located_slowdown).
-        config=SimConfig(num_instances=instances, instances_per_host=instances),
+        # Loads as old as the llumlets' report interval, as the real controller sees them.
+        config=SimConfig(
+            num_instances=instances,
+            instances_per_host=instances,
+            report_interval_s=REPORT_MIN_INTERVAL_S,
+        ),
         profile=LatencyProfile.from_dict(profile),
         policies=(policy,),
     )

@@ -4,6 +4,7 @@ consistency, never timing)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,19 @@ def test_profile_json_file_and_unknown_model(openai_server, tmp_path: Path) -> N
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: {openai_server.url} does not serve 'no-such-model'"
     assert not (tmp_path / "p.json").exists()
+
+
+def test_bench_gives_a_plain_servers_engine_core_the_agents_priority(openai_server) -> None:
+    # The side-by-side compares stacks whose engines run at the same CPU priority: the
+    # agent's engine steps run at nice 10 on shared cores, and the bench sets the same on
+    # a plain vLLM server's engine-core main thread (its API process keeps 0).
+    from types import SimpleNamespace
+
+    from bench.common.engines import _descendants, lower_engine_priority
+
+    lower_engine_priority(SimpleNamespace(pid=openai_server.pid))  # type: ignore[arg-type]
+    titles = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in _descendants(openai_server.pid)}
+    cores = [p for p, t in titles.items() if t.startswith(b"VLLM::EngineCore")]
+    assert len(cores) == 1, titles
+    assert os.getpriority(os.PRIO_PROCESS, cores[0]) == 10
+    assert os.getpriority(os.PRIO_PROCESS, openai_server.pid) == 0
