@@ -227,13 +227,14 @@ class SchedulerSide:
         that only shows progress (tokens, blocks, free count) at most every
         `PROGRESS_PUSH_INTERVAL_S`: this thread takes the GIL from the engine's steps."""
         sent: dict[str, Any] = {}
+        sent_shape = _shape(sent)
         sent_at = 0.0
         while True:
             with self._cond:
                 while True:
                     wait = IDLE_REFRESH_S
                     if self._snapshot is not sent:
-                        if _shape(self._snapshot) != _shape(sent):
+                        if _shape(self._snapshot) != sent_shape:
                             break
                         wait = sent_at + PROGRESS_PUSH_INTERVAL_S - time.monotonic()
                         if wait <= 0:
@@ -241,6 +242,7 @@ class SchedulerSide:
                     if not self._cond.wait(timeout=wait) and self._snapshot is sent:
                         self._refresh_free()
                 sent = self._snapshot
+                sent_shape = _shape(sent)
             send_frame(conn, sent)
             sent_at = time.monotonic()
 
