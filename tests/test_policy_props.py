@@ -20,6 +20,7 @@ from llumctl.policy import (
     freeness,
     get_policy,
     infaas_load,
+    without_departed,
 )
 from llumctl.policy.dispatch import physical_room
 
@@ -69,6 +70,25 @@ def test_adding_a_running_request_never_raises_freeness(
 @given(instances(), st.integers(1, 300))
 def test_a_pending_dispatch_never_raises_freeness(inst: InstanceLoad, blocks: int) -> None:
     assert freeness(inst, (PendingDispatch("p", blocks),)) <= freeness(inst)
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances(), st.data())
+def test_departed_requests_leave_the_view_and_free_their_blocks(
+    inst: InstanceLoad, data: st.DataObject
+) -> None:
+    listed = [r.request_id for r in inst.running + inst.queued]
+    gone = set(data.draw(st.lists(st.sampled_from(listed), unique=True))) if listed else set()
+    after = without_departed(inst, gone)
+    assert not {r.request_id for r in after.running + after.queued} & gone
+    freed = sum(r.num_blocks for r in inst.running if r.request_id in gone)
+    assert after.num_used_blocks == inst.num_used_blocks - freed
+    assert after.queued == tuple(r for r in inst.queued if r.request_id not in gone)
+    # Finished running requests only free room (a queued one leaving can promote a larger
+    # one to the head of the line, so that case has no such rule).
+    finished = {r for r in gone if r in {q.request_id for q in inst.running}}
+    assert freeness(without_departed(inst, finished)) >= freeness(inst)
+    assert without_departed(inst, {"not-listed"}) is inst
 
 
 @settings(max_examples=200, deadline=None)

@@ -128,3 +128,24 @@ def test_busy_neighbours_on_one_host_slow_each_others_steps() -> None:
 def test_instances_per_host_must_be_positive() -> None:
     with pytest.raises(WorkloadError, match="instances_per_host"):
         experiment_from_dict({"cluster": {"instances_per_host": 0}}).config.validate()
+
+
+def test_the_view_drops_requests_that_finished_since_the_last_report() -> None:
+    # Reports never refresh after t=0. A (long) and B (large, short) start on the two
+    # instances; C arrives after B finished. The controller saw B's stream end, so B's
+    # instance is empty in its view and C goes there, not next to A.
+    from llumctl.policy import get_policy
+    from llumctl.sim.cluster import Simulation
+
+    specs = [
+        RequestSpec("a", 0.0, 32, 2000),
+        RequestSpec("b", 0.01, 600, 2),
+        RequestSpec("c", 3.0, 32, 2),
+    ]
+    config = SimConfig(num_instances=2, report_interval_s=100.0)
+    sim = Simulation(specs, get_policy("llumnix"), config, PROFILE)
+    sim.run()
+    by_id = {r.request_id: r for r in sim.requests}
+    assert by_id["a"].instance != by_id["b"].instance
+    assert by_id["b"].finish_time is not None and by_id["b"].finish_time < 3.0
+    assert by_id["c"].instance == by_id["b"].instance

@@ -73,6 +73,8 @@ class Controller:
         if record.state in ("queued", "running"):
             record.state = status
         self.state.drop_pending(record.id)
+        if record.instance:
+            self.state.note_departed(record.instance, record.id)
         priority = "high" if int(record.priority) else "normal"
         self.metrics.requests.labels(record.model, record.state).inc()
         ttft = tpot = None

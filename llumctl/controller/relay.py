@@ -13,9 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 
-import httpx
-
-from llumctl.controller.clients import InstanceClient
+from llumctl.controller.clients import InstanceClient, OpenStream
 from llumctl.controller.state import RequestRecord
 from llumctl.errors import ConnectionFailed, EngineError, InputError, LlumctlError
 from llumctl.protocol import EventType, GenerateRequest, StreamEvent
@@ -39,7 +37,7 @@ class RequestStream:
         self._url = url
         self._on_move = on_move
         self._stack = AsyncExitStack()
-        self._resp: httpx.Response | None = None
+        self._resp: OpenStream | None = None
         self.next_index = 0
         self.is_finished = False
 

@@ -12,10 +12,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llumctl.policy import ClusterView, InstanceLoad, PendingDispatch, Priority
+from llumctl.policy import (
+    ClusterView,
+    InstanceLoad,
+    PendingDispatch,
+    Priority,
+    without_departed,
+)
 from llumctl.protocol import InstanceInfo
 
-# A dispatch not yet visible in the instance's reports stops counting after this long.
+# A dispatch not yet visible in the instance's reports stops counting after this long, and
+# so does a request that left but is still listed (`departed`).
 PENDING_EXPIRY_S = 10.0
 # Reports from an instance this controller stopped are ignored for this long (a report
 # or heartbeat already in flight must not bring it back).
@@ -102,6 +109,9 @@ class ClusterState:
         # Dispatched, not yet in a report: instance id -> request id -> (pending, time).
         self.pending: dict[str, dict[str, tuple[PendingDispatch, float]]] = {}
         self.num_dispatched: dict[str, int] = {}
+        # Requests whose streams ended here but that the instance's last report still
+        # lists: instance id -> request id -> time. The view leaves them out.
+        self.departed: dict[str, dict[str, float]] = {}
         # Instances being started per model (ids known once the agent answers).
         self.starting: dict[str, set[str]] = {}
         self.last_scale_time: dict[str, float] = {}
@@ -205,6 +215,9 @@ class ClusterState:
         pending = self.pending.get(info.instance_id, {})
         for rid in [rid for rid in pending if rid in seen]:
             del pending[rid]
+        departed = self.departed.get(info.instance_id, {})
+        for rid in [rid for rid in departed if rid not in seen]:
+            del departed[rid]
         return is_new
 
     def tombstone(self, instance_id: str) -> None:
@@ -221,6 +234,7 @@ class ClusterState:
 
     def remove_instance(self, instance_id: str) -> InstanceEntry | None:
         self.pending.pop(instance_id, None)
+        self.departed.pop(instance_id, None)
         for ids in self.starting.values():
             ids.discard(instance_id)
         return self.instances.pop(instance_id, None)
@@ -240,6 +254,13 @@ class ClusterState:
     def drop_pending(self, request_id: str) -> None:
         for entries in self.pending.values():
             entries.pop(request_id, None)
+
+    def note_departed(self, instance_id: str, request_id: str) -> None:
+        """The request's stream from this instance ended (finished, failed or aborted):
+        until a report stops listing it, the view does not count it there."""
+        entry = self.instances.get(instance_id)
+        if entry is not None and entry.load is not None:
+            self.departed.setdefault(instance_id, {})[request_id] = time.monotonic()
 
     def excuse_stall(self, stall_s: float) -> None:
         """The controller itself did not run for `stall_s`: that time does not count
@@ -303,8 +324,8 @@ class ClusterState:
         return peers[0] if peers else model
 
     def _effective_load(self, entry: InstanceEntry, by_group: bool) -> InstanceLoad:
-        load = entry.load
-        assert load is not None
+        assert entry.load is not None
+        load = without_departed(entry.load, self._departed_ids(entry.id))
         return replace(
             load,
             model=group_key(entry.info) if by_group else entry.info.model,
@@ -312,6 +333,15 @@ class ClusterState:
             num_migrating_out=max(load.num_migrating_out, entry.num_inflight_out),
             num_migrating_in=max(load.num_migrating_in, entry.num_inflight_in),
         )
+
+    def _departed_ids(self, instance_id: str) -> set[str]:
+        departed = self.departed.get(instance_id)
+        if not departed:
+            return set()
+        now = time.monotonic()
+        for rid in [rid for rid, t in departed.items() if now - t >= PENDING_EXPIRY_S]:
+            del departed[rid]
+        return set(departed)
 
 
 def group_key(info: InstanceInfo) -> str:

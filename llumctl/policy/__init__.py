@@ -17,6 +17,7 @@ from llumctl.policy.views import (
     PendingDispatch,
     Priority,
     RequestLoad,
+    without_departed,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "infaas_load",
     "select_candidates",
     "virtual_usage",
+    "without_departed",
 ]

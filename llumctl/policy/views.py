@@ -8,7 +8,7 @@ here does I/O or reads a clock: `now` travels in the view.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 
@@ -73,6 +73,28 @@ class InstanceLoad:
     @property
     def num_requests(self) -> int:
         return len(self.running) + len(self.queued)
+
+
+def without_departed(load: InstanceLoad, departed: frozenset[str] | set[str]) -> InstanceLoad:
+    """`load` without the requests known to have left the instance since it was reported.
+
+    The symmetric of `PendingDispatch`: the scheduler sees a request finish (its stream
+    ends) before the instance's next report stops listing it; until then the report
+    counts it, and its blocks, which the engine has already freed.
+    """
+    if not departed:
+        return load
+    running = tuple(r for r in load.running if r.request_id not in departed)
+    queued = tuple(r for r in load.queued if r.request_id not in departed)
+    if len(running) == len(load.running) and len(queued) == len(load.queued):
+        return load
+    freed = sum(r.num_blocks for r in load.running if r.request_id in departed)
+    return replace(
+        load,
+        running=running,
+        queued=queued,
+        num_used_blocks=max(0, load.num_used_blocks - freed),
+    )
 
 
 @dataclass(frozen=True)

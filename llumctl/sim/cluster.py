@@ -4,8 +4,8 @@ Events are ordered by (time, sequence number), so a run is a pure function of it
 Kinds: an instance step ends (and the next begins), a request arrives (dispatch), the
 policy ticks (migrations and scaling), a migration stage or stop ends, an instance
 finishes booting. The policy sees `InstanceLoad` reports no older than
-`report_interval_s` plus the dispatches made since each report (`pending`), exactly as
-the controller feeds it.
+`report_interval_s` plus the dispatches made since each report (`pending`) and without
+the requests finished since (`without_departed`), exactly as the controller feeds it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from llumctl.policy import (
     ScaleDown,
     ScaleUp,
     select_candidates,
+    without_departed,
 )
 from llumctl.sim.config import SimConfig
 from llumctl.sim.hosts import HostSharing
@@ -141,11 +142,11 @@ class Simulation:
             self._maybe_retire(inst, now)
             return
         end = now + result.duration_s * self.hosts.step_factor(inst.instance_id)
-        self._record(result, now, end)
+        self._record(inst.instance_id, result, now, end)
         self._seq += 1
         heapq.heappush(self._events, (end, self._seq, STEP, inst))
 
-    def _record(self, result: StepResult, now: float, end: float) -> None:
+    def _record(self, iid: str, result: StepResult, now: float, end: float) -> None:
         if not result.preempted and not result.started and not result.finished:
             return
         for req in result.preempted:
@@ -162,6 +163,19 @@ class Simulation:
             self._num_finished += 1
             if end > self.end_time:
                 self.end_time = end
+        if result.finished:
+            self._departed(iid, {r.request_id for r in result.finished})
+
+    def _departed(self, iid: str, request_ids: set[str]) -> None:
+        """Requests that finished on `iid`: the controller sees their streams end before
+        the next report, and stops counting them there (`without_departed`), pending or
+        reported."""
+        report = self._reports.get(iid)
+        if report is not None:
+            self._reports[iid] = without_departed(report, request_ids)
+        pending = self._pending.get(iid)
+        if pending:
+            self._pending[iid] = [p for p in pending if p.request_id not in request_ids]
 
     # ---- dispatch -------------------------------------------------------------------
     def _view(self, now: float) -> ClusterView:

@@ -72,6 +72,22 @@ def test_pending_dispatch_counts_until_the_instance_reports_it():
     assert state.view().pending["i"] == ()
 
 
+def test_a_request_seen_to_finish_stops_counting_before_the_report_says_so():
+    state = ClusterState()
+    running = (RequestLoad("r1", 6), RequestLoad("r2", 4))
+    state.apply_load(_info("i"), InstanceLoad("i", 100, 10, running=running), 0.0)
+    state.note_departed("i", "r1")
+    (load,) = state.view().instances
+    assert [r.request_id for r in load.running] == ["r2"] and load.num_used_blocks == 4
+    # A report made before the finish still lists r1: it stays left out.
+    state.apply_load(_info("i"), InstanceLoad("i", 100, 10, running=running), 0.0)
+    assert state.view().instances[0].num_used_blocks == 4
+    # Once a report no longer lists it, nothing is left to subtract.
+    state.apply_load(_info("i"), InstanceLoad("i", 100, 4, running=running[1:]), 0.0)
+    assert state.departed["i"] == {}
+    assert state.view().instances[0].num_used_blocks == 4
+
+
 def test_dispatch_spreads_a_burst_through_pending_demand():
     state = ClusterState()
     for iid in ("i1", "i2"):
