@@ -1,20 +1,30 @@
 """Controller overhead: latency llumctl adds over sending to an engine directly, next to the
 latency vllm-router adds, at low load and at saturation; relayed tokens/s at saturation.
 
-Low load: requests one at a time (idle engines), so TTFT/TPOT differences are the stack's
-own cost. Saturation: a burst of `burst_per_instance` requests per instance at once; the
-3-instance stacks get N times the burst of the single directly-addressed engine, so each
-engine sees the same load. Runs inside the suite (bench/run_all.sh), sharing its engines.
+Low load: requests one at a time (idle engines), alternating between the stack and its own
+engine addressed directly (llumctl: an instance's API; vllm-router: one of its vLLM
+servers), so each pair sees the same machine: measured minutes apart, as the suite first
+did, the direct engine came out slower than either stack by more than a hop. Saturation: a
+burst of `burst_per_instance` requests per instance at once; the 3-instance stacks get N
+times the burst of the single directly-addressed vLLM server (phase B), so each engine sees
+the same load. Runs inside the suite (bench/run_all.sh), sharing its engines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llumctl.bench.loadgen import LoadGenerator
+import httpx
+
+from llumctl.bench.loadgen import LoadGenerator, prompt_token_ids
 from llumctl.bench.records import BenchRequest
 from llumctl.bench.stats import summarize
 
@@ -40,9 +50,94 @@ def burst(cfg: OverheadConfig, instances: int) -> list[BenchRequest]:
     return [BenchRequest(0.0, cfg.prompt_tokens, cfg.output_tokens) for _ in range(n)]
 
 
-def measure(url: str, cfg: OverheadConfig, instances: int, seed: int = 11) -> dict[str, Any]:
-    """Median TTFT/TPOT at low load; TTFT/TPOT and tokens/s of the burst (seconds)."""
+# One streamed request on an idle path: (TTFT, TPOT) in seconds.
+Probe = Callable[[httpx.AsyncClient, list[int], int], Awaitable[tuple[float, float]]]
+
+
+def openai_probe(url: str, model: str = "tiny") -> Probe:
+    """A completion streamed from an OpenAI-compatible endpoint (base URL, no /v1)."""
+
+    async def probe(client: httpx.AsyncClient, prompt: list[int], out: int) -> tuple[float, float]:
+        body = {"model": model, "prompt": prompt, "max_tokens": out, "temperature": 0}
+        body.update(stream=True, ignore_eos=True)
+        times = []
+        t0 = time.perf_counter()
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
+            resp.raise_for_status()
+            async for line in resp.aiter_lines():
+                if line.startswith("data: {") and _chunk_text(line[6:]):
+                    times.append(time.perf_counter())
+        return _ttft_tpot(t0, times)
+
+    return probe
+
+
+def _chunk_text(data: str) -> str:
+    choices = json.loads(data).get("choices") or [{}]
+    return str(choices[0].get("text") or "")
+
+
+def instance_probe(url: str, secret: str) -> Probe:
+    """A request streamed from a llumctl instance's own API (`POST {url}/generate`)."""
+    headers = {"Authorization": f"Bearer {secret}"}
+
+    async def probe(client: httpx.AsyncClient, prompt: list[int], out: int) -> tuple[float, float]:
+        body = {
+            "request_id": uuid.uuid4().hex,
+            "prompt_token_ids": prompt,
+            "sampling": {"max_tokens": out, "temperature": 0, "ignore_eos": True},
+        }
+        times = []
+        t0 = time.perf_counter()
+        async with client.stream("POST", f"{url}/generate", json=body, headers=headers) as resp:
+            resp.raise_for_status()
+            async for line in resp.aiter_lines():
+                if line.strip() and json.loads(line)["type"] == "token":
+                    times.append(time.perf_counter())
+        return _ttft_tpot(t0, times)
+
+    return probe
+
+
+def _ttft_tpot(t0: float, times: list[float]) -> tuple[float, float]:
+    if len(times) < 2:
+        raise RuntimeError(f"a probe got {len(times)} tokens; needs 2 or more")
+    return times[0] - t0, (times[-1] - times[0]) / (len(times) - 1)
+
+
+async def low_load_pair(
+    stack: Probe, direct: Probe, cfg: OverheadConfig, seed: int
+) -> dict[str, dict[str, float]]:
+    """Median TTFT/TPOT through the stack and to the engine directly, one request at a
+    time, alternating (the same prompt to both in turn)."""
+    rng = random.Random(seed)
+    got: dict[str, list[tuple[float, float]]] = {"stack": [], "direct": []}
+    async with httpx.AsyncClient(timeout=120) as client:
+        for _ in range(cfg.low_requests):
+            prompt = prompt_token_ids(cfg.prompt_tokens, rng)
+            for name, probe in (("stack", stack), ("direct", direct)):
+                got[name].append(await probe(client, prompt, cfg.output_tokens))
+                await asyncio.sleep(cfg.low_spacing_s / 2)
+    return {
+        name: {
+            "ttft_median": statistics.median(t for t, _ in pairs),
+            "tpot_median": statistics.median(p for _, p in pairs),
+        }
+        for name, pairs in got.items()
+    }
+
+
+def measure(
+    url: str, cfg: OverheadConfig, instances: int, seed: int = 11, direct: Probe | None = None
+) -> dict[str, Any]:
+    """Median TTFT/TPOT at low load; TTFT/TPOT and tokens/s of the burst (seconds). With
+    `direct`, also the low-load medians of the engine addressed directly, interleaved
+    (`low_direct`)."""
     out: dict[str, Any] = {}
+    if direct is not None:
+        pair = asyncio.run(low_load_pair(openai_probe(url), direct, cfg, seed))
+        out["low_direct"] = pair["direct"]
+        out["low_interleaved"] = pair["stack"]
     for phase, workload in (("low", low_load(cfg)), ("saturated", burst(cfg, instances))):
         gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=600.0, seed=seed)
         records, duration = asyncio.run(gen.run(workload))
@@ -59,10 +154,13 @@ def measure(url: str, cfg: OverheadConfig, instances: int, seed: int = 11) -> di
 
 
 def added(stack: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
-    """Per phase: the stack's median TTFT/TPOT minus the direct engine's."""
+    """Per phase: the stack's median TTFT/TPOT minus the direct engine's; at low load the
+    interleaved pair's when measured (see the module's docstring)."""
     result = {}
     for phase in ("low", "saturated"):
         s, d = stack[phase], direct[phase]
+        if phase == "low" and "low_direct" in stack:
+            s, d = stack["low_interleaved"], stack["low_direct"]
         result[phase] = {
             "added_ttft_s": _minus(s["ttft_median"], d["ttft_median"]),
             "added_tpot_s": _minus(s["tpot_median"], d["tpot_median"]),

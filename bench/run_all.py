@@ -6,7 +6,8 @@ Phases, each stack started once and stopped by PID (or `llumctl down`) before th
      the co-located instances slow each other (`llumctl profile --co-located N`), then
      `llumctl profile` through the controller with all but one instance drained.
   B. N plain vLLM servers: vllm-router with each policy; overhead direct and through
-     vllm-router.
+     vllm-router. At low load each stack's overhead is measured against its own engine
+     addressed directly, alternating requests (bench/overhead.py).
   C. Scale: 64 sim-engine instances through the controller; the pure policy at 1,000.
   D. Fidelity: the simulator with the measured profile on the phase-A workload.
 Writes bench/results/side_by_side.json, suite.json, profile-vllm-cpu-tiny.toml and
@@ -51,8 +52,10 @@ def phase_llumctl(
 ) -> dict[str, Any]:
     def extra(cluster: Any) -> dict[str, Any]:
         cluster.set_policy("llumnix")
+        instance_url = cluster.status()["instances"][0]["url"]
+        direct = overhead.instance_probe(instance_url, cluster.secret)
         out: dict[str, Any] = {
-            "overhead": overhead.measure(cluster.url, ovh, sbs.instances, seed=21)
+            "overhead": overhead.measure(cluster.url, ovh, sbs.instances, seed=21, direct=direct)
         }
         print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
         runs = [fidelity.real_run(cluster.url, fid) for _ in range(fidelity.RUNS)]
@@ -82,7 +85,10 @@ def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path) -> dict[str, A
         direct = overhead.measure(servers[0].url, ovh, 1, seed=31)
         router = engines.start_router(servers, "round_robin", work / "logs")
         try:
-            via_router = overhead.measure(router.url, ovh, sbs.instances, seed=41)
+            direct_probe = overhead.openai_probe(servers[0].url)
+            via_router = overhead.measure(
+                router.url, ovh, sbs.instances, seed=41, direct=direct_probe
+            )
         finally:
             stop(router)
         return {"overhead_direct": direct, "overhead_router": via_router}

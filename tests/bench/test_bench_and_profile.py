@@ -178,3 +178,18 @@ def test_bench_gives_a_plain_servers_engine_core_the_agents_priority(openai_serv
     assert len(cores) == 1, titles
     assert os.getpriority(os.PRIO_PROCESS, cores[0]) == 10
     assert os.getpriority(os.PRIO_PROCESS, openai_server.pid) == 0
+
+
+def test_overhead_probes_alternate_a_stack_with_its_engine(openai_server, vllm_instances) -> None:
+    # The suite's low-load overhead: an OpenAI endpoint and a llumctl instance's own API,
+    # one request at a time in turn; both give first-token and per-token times.
+    import asyncio
+
+    from bench.overhead import OverheadConfig, instance_probe, low_load_pair, openai_probe
+
+    cfg = OverheadConfig(low_requests=2, low_spacing_s=0.0, prompt_tokens=16, output_tokens=4)
+    inst = vllm_instances[0]
+    stack = openai_probe(openai_server.url.removesuffix("/v1"))
+    pair = asyncio.run(low_load_pair(stack, instance_probe(inst.url, inst.secret), cfg, seed=1))
+    for side in ("stack", "direct"):
+        assert pair[side]["ttft_median"] > 0 and pair[side]["tpot_median"] > 0

@@ -151,3 +151,25 @@ def test_cpu_snapshot_names_this_process_the_client() -> None:
 
     role, seconds = snapshot()["procs"][os.getpid()]
     assert role == "client" and seconds > 0
+
+
+def test_low_load_overhead_compares_the_interleaved_pair_when_measured() -> None:
+    from bench.overhead import added
+
+    def medians(ttft: float, tpot: float) -> dict[str, float]:
+        return {"ttft_median": ttft, "tpot_median": tpot}
+
+    direct = {"low": medians(0.030, 0.007), "saturated": medians(0.1, 0.01)}
+    stack = {"low": medians(0.020, 0.005), "saturated": medians(0.4, 0.011)}
+    # Measured apart, the stack looks faster than the engine it runs on.
+    assert added(stack, direct)["low"]["added_ttft_s"] < 0
+    paired = {
+        **stack,
+        "low_interleaved": medians(0.022, 0.0052),
+        "low_direct": medians(0.020, 0.005),
+    }
+    low = added(paired, direct)["low"]
+    assert low["added_ttft_s"] == pytest.approx(0.002) and low["added_tpot_s"] == pytest.approx(
+        0.0002
+    )
+    assert added(paired, direct)["saturated"]["added_ttft_s"] == pytest.approx(0.3)
