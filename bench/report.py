@@ -139,7 +139,9 @@ def overhead_section(suite: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _overhead_pair(o: dict[str, Any], key: str, phase: str) -> tuple[dict, dict]:
+def _overhead_pair(
+    o: dict[str, Any], key: str, phase: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(path, direct) medians behind one added latency (`bench.overhead.added`)."""
     stack = o[key]
     if phase == "low" and "low_direct" in stack:

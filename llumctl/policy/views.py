@@ -78,7 +78,7 @@ class InstanceLoad:
 def without_departed(load: InstanceLoad, departed: frozenset[str] | set[str]) -> InstanceLoad:
     """`load` without the requests known to have left the instance since it was reported.
 
-    The symmetric of `PendingDispatch`: the scheduler sees a request finish (its stream
+    The counterpart of `PendingDispatch`: the scheduler sees a request finish (its stream
     ends) before the instance's next report stops listing it; until then the report
     counts it, and its blocks, which the engine has already freed.
     """
