@@ -145,7 +145,7 @@ def _overhead_pair(
     """(path, direct) medians behind one added latency (`bench.overhead.added`)."""
     stack = o[key]
     if phase == "low" and "low_direct" in stack:
-        return stack["low_interleaved"], stack["low_direct"]
+        return stack["low"], stack["low_direct"]
     return stack[phase], o["direct"][phase]
 
 

@@ -193,3 +193,9 @@ def test_overhead_probes_alternate_a_stack_with_its_engine(openai_server, vllm_i
     pair = asyncio.run(low_load_pair(stack, instance_probe(inst.url, inst.secret), cfg, seed=1))
     for side in ("stack", "direct"):
         assert pair[side]["ttft_median"] > 0 and pair[side]["tpot_median"] > 0
+    # Through `measure`, as the suite calls it: low load comes only from the alternation.
+    from bench.overhead import measure
+
+    out = measure(openai_server.url.removesuffix("/v1"), cfg, 1, direct=stack)
+    assert set(out) == {"low", "low_direct", "saturated"}
+    assert out["low"]["ttft_median"] > 0 and out["saturated"]["errors"] == 0

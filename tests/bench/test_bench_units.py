@@ -165,7 +165,7 @@ def test_low_load_overhead_compares_the_interleaved_pair_when_measured() -> None
     assert added(stack, direct)["low"]["added_ttft_s"] < 0
     paired = {
         **stack,
-        "low_interleaved": medians(0.022, 0.0052),
+        "low": medians(0.022, 0.0052),
         "low_direct": medians(0.020, 0.005),
     }
     low = added(paired, direct)["low"]
