@@ -31,6 +31,7 @@ from llumctl.profile.fit import relative_error
 from llumctl.profile.measure import (
     ProfileSettings,
     measure_co_located,
+    measure_co_located_first_token,
     measure_engine,
     with_co_located,
 )
@@ -61,13 +62,18 @@ class FidelityConfig:
         return fit_lengths(generated(spec), self.max_prompt, limit - 1, self.max_output)
 
 
-def co_located_points(url: str, instances: int, quick: bool = False) -> list[tuple[int, float]]:
-    """`llumctl profile --co-located N`'s measurement, through the controller with all N
-    instances serving (before `profile_engine` drains all but one)."""
+CoLocated = tuple[list[tuple[int, float]], list[tuple[int, float]]]
+
+
+def co_located_points(url: str, instances: int, quick: bool = False) -> CoLocated:
+    """`llumctl profile --co-located N`'s measurements (time per token, and a probe's
+    first token, with k busy), through the controller with all N instances serving
+    (before `profile_engine` drains all but one)."""
     settings = ProfileSettings(
         "", "tiny", quick=quick, co_located_url=f"{url}/v1", co_located=instances
     )
-    return asyncio.run(measure_co_located(settings))
+    per_token = asyncio.run(measure_co_located(settings))
+    return per_token, asyncio.run(measure_co_located_first_token(settings))
 
 
 def profile_engine(
@@ -76,7 +82,7 @@ def profile_engine(
     model_dir: Path,
     out: Path,
     quick: bool = False,
-    co_located: list[tuple[int, float]] | None = None,
+    co_located: CoLocated | None = None,
 ) -> dict[str, Any]:
     """`llumctl profile` through a llumctl controller with one instance taking requests
     (its KV facts are the engine shape's), with the co-located points measured before;
@@ -95,7 +101,7 @@ def profile_engine(
     )
     result = asyncio.run(measure_engine(settings))
     if co_located:
-        result = with_co_located(result, co_located)
+        result = with_co_located(result, *co_located)
     out.write_text(profile_text(result, out.suffix))
     return result
 

@@ -210,6 +210,21 @@ def _co_located_line(measured: dict[str, Any]) -> list[str]:
         f"The instances share this machine's cores: end-to-end time per token with k of "
         f"them busy at once ({per_k}) gives `co_located_slowdown` = {slowdown:.2f} per busy "
         f"neighbour, which the simulator applies with all {len(points)} on one host.",
+        *_first_token_line(measured),
+    ]
+
+
+def _first_token_line(measured: dict[str, Any]) -> list[str]:
+    points = measured.get("co_located_first_token_points_ms")
+    if not points:
+        return []
+    per_k = ", ".join(f"{k - 1} busy: {ms:.0f} ms" for k, ms in points)
+    extra = ", ".join(f"{ms:.0f}" for ms in measured["profile"]["co_located_first_token_ms"])
+    return [
+        "",
+        f"A first token suffers more: the mean TTFT of a short probe with k neighbours "
+        f"busy ({per_k}) gives `co_located_first_token_ms` = [{extra}], which the simulator "
+        "adds to a request dispatched while that many instances of its host are busy.",
     ]
 
 

@@ -17,6 +17,7 @@ from llumctl.sim import (
     run_experiment,
     run_policy,
 )
+from llumctl.sim.profile import ProfileError
 
 # Four instances at ~2.6x the paper's per-instance M-M load (queues, migrations).
 PROFILE = LatencyProfile(num_total_blocks=800)
@@ -123,6 +124,39 @@ def test_busy_neighbours_on_one_host_slow_each_others_steps() -> None:
     # On hosts of their own (GPUs), running at the same time changes nothing.
     apart = _two_requests((0.0, 0.0), instances_per_host=1)
     assert apart["decode_mean"] == pytest.approx(alone["decode_mean"], rel=1e-9)
+
+
+def test_a_request_dispatched_next_to_busy_neighbours_gets_its_first_token_later() -> None:
+    # r0 runs alone; r1 arrives while r0 decodes on the same host: 2 busy, +30 ms to its
+    # first token (not to its time per token); on a host of its own, nothing is added.
+    extra = (0.0, 30.0, 90.0)
+
+    def first_tokens(instances_per_host: int, extra_ms: tuple[float, ...]) -> list[float]:
+        from llumctl.policy import get_policy
+        from llumctl.sim.cluster import Simulation
+
+        requests = [RequestSpec("r0", 0.0, 16, 100), RequestSpec("r1", 0.05, 16, 100)]
+        profile = replace(PROFILE, co_located_first_token_ms=extra_ms)
+        config = SimConfig(num_instances=2, instances_per_host=instances_per_host)
+        sim = Simulation(requests, get_policy("round-robin"), config, profile)
+        sim.run()
+        return [r.first_token_time - r.arrival_time + r.first_token_delay_s for r in sim.requests]
+
+    base = first_tokens(2, ())
+    shared = first_tokens(2, extra)
+    assert shared[0] == pytest.approx(base[0])
+    assert shared[1] == pytest.approx(base[1] + 0.030)
+    assert first_tokens(1, extra) == pytest.approx(base)
+
+
+def test_profile_lists_take_numbers_only() -> None:
+    profile = LatencyProfile.from_dict({"co_located_first_token_ms": [0, 12.5, 80]})
+    assert profile.co_located_first_token_ms == (0.0, 12.5, 80.0)
+    assert profile.first_token_extra_ms(2) == 12.5 and profile.first_token_extra_ms(5) == 80.0
+    assert LatencyProfile().first_token_extra_ms(3) == 0.0
+    for bad in (5.0, [1, "x"], [-1.0]):
+        with pytest.raises(ProfileError, match="co_located_first_token_ms"):
+            LatencyProfile.from_dict({"co_located_first_token_ms": bad})
 
 
 def test_instances_per_host_must_be_positive() -> None:

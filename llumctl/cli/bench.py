@@ -160,7 +160,8 @@ def profile(
         0,
         "--co-located",
         help="How many instances share the host (CPU hosts): measures "
-        "how busy neighbours slow a step (co_located_slowdown).",
+        "how busy neighbours slow a step (co_located_slowdown) and a first token "
+        "(co_located_first_token_ms).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print every measurement as JSON."),
 ) -> None:

@@ -55,6 +55,15 @@ def fit_co_located(points: Sequence[tuple[int, float]]) -> float:
     return max(0.0, sum(x * y for x, y in rows) / denominator)
 
 
+def fit_first_token_extra(points: Sequence[tuple[int, float]]) -> tuple[float, ...]:
+    """Extra ms to first token per number of busy instances, k = 1..N, from (k, mean TTFT
+    ms) points: each mean minus the k = 1 mean, never below 0 (so entry 0 is 0)."""
+    base = next((ms for k, ms in points if k == 1), None)
+    if base is None:
+        return ()
+    return tuple(max(0.0, ms - base) for _, ms in sorted(points))
+
+
 def relative_error(predicted: float, measured: float) -> float:
     """|predicted - measured| / measured (inf when nothing was measured)."""
     if measured == 0:

@@ -14,6 +14,9 @@ Co-located (optional): through an endpoint that spreads simultaneous requests ov
 instances of the profiled engine's host (a llumctl controller with all of them serving),
 k = 1..N decodes at once; the rise of their end-to-end time per output token with k is
 how much busy neighbours slow a step (`co_located_slowdown`, see llumctl/sim/hosts.py).
+Then a short probe sent while k - 1 long decodes run on the other instances: the rise of
+its mean TTFT with k is `co_located_first_token_ms` (a mean, not a median: the simulator
+adds it to every request dispatched in that state, so it must carry the tail's weight).
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ import httpx
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest
 from llumctl.errors import ConnectionFailed, InputError
-from llumctl.profile.fit import fit_co_located, fit_decode, fit_prefill
+from llumctl.profile.fit import (
+    fit_co_located,
+    fit_decode,
+    fit_first_token_extra,
+    fit_prefill,
+)
 from llumctl.profile.transfer import loopback_transfer_gbps
 
 Say = Callable[[str], None] | None
@@ -78,6 +86,11 @@ class ProfileSettings:
         return 2 if self.quick else 5
 
     @property
+    def first_token_rounds(self) -> int:
+        # One probe per round and k: a mean of a heavy tail needs more samples than a median.
+        return 4 if self.quick else 12
+
+    @property
     def decode_tokens(self) -> int:
         return 16 if self.quick else 32
 
@@ -88,6 +101,8 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     if settings.co_located > 1:
         _say(progress, f"co-located: 1..{settings.co_located} decodes at once")
         co_located = await measure_co_located(settings)
+        _say(progress, f"co-located: a first token with 0..{settings.co_located - 1} busy")
+        co_located = (co_located, await measure_co_located_first_token(settings))
     gen = LoadGenerator(settings.url, settings.model, timeout_s=300.0)
     await gen.check()
     facts = await engine_facts(gen, settings)
@@ -129,7 +144,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "transfer_gbps": gbps,
         "facts": facts,
     }
-    return with_co_located(result, co_located) if co_located else result
+    return with_co_located(result, *co_located) if co_located else result
 
 
 async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float]]:
@@ -153,10 +168,42 @@ async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float
     return [(k, float(statistics.median(times[k]))) for k in counts]
 
 
-def with_co_located(result: dict[str, Any], points: list[tuple[int, float]]) -> dict[str, Any]:
-    """`result` with the co-located points and the slowdown fitted to them."""
+async def measure_co_located_first_token(settings: ProfileSettings) -> list[tuple[int, float]]:
+    """(k, mean TTFT ms) of a short probe sent while k - 1 long decodes run, k = 1..N: the
+    endpoint puts the probe on the instance left idle (every policy spreads a lone
+    request onto an idle instance). Rounds of k = 1..N in turn."""
+    gen = LoadGenerator(settings.co_located_url, settings.model, timeout_s=300.0)
+    gen.model = (await _served_model(gen, settings.model))["id"]
+    counts = range(1, settings.co_located + 1)
+    ttft: dict[int, list[float]] = {k: [] for k in counts}
+    for rep in range(settings.first_token_rounds):
+        for k in counts:
+            gen.seed = 9_000_000 + k * 1000 + rep
+            # The neighbours decode for ~4x decode_tokens steps; the probe arrives once
+            # they are past their prefill and reported busy (llumlets report every 0.2 s).
+            batch = [BenchRequest(0.0, 32, 4 * settings.decode_tokens) for _ in range(k - 1)]
+            records, _ = await gen.run([*batch, BenchRequest(_PROBE_AFTER_S, 32, 2)])
+            ttft[k].append(_ok(records)[-1].ttft_s * 1000)
+    return [(k, float(statistics.mean(ttft[k]))) for k in counts]
+
+
+# When the first-token probe is sent after its busy neighbours (s).
+_PROBE_AFTER_S = 0.5
+
+
+def with_co_located(
+    result: dict[str, Any],
+    points: list[tuple[int, float]],
+    first_token: list[tuple[int, float]] | None = None,
+) -> dict[str, Any]:
+    """`result` with the co-located points and the slowdown fitted to them (and, when
+    measured, the first-token points and the extra time fitted to those)."""
     profile = {**result["profile"], "co_located_slowdown": fit_co_located(points)}
-    return {**result, "profile": profile, "co_located_points_ms": [list(p) for p in points]}
+    out = {**result, "co_located_points_ms": [list(p) for p in points]}
+    if first_token:
+        profile["co_located_first_token_ms"] = list(fit_first_token_extra(first_token))
+        out["co_located_first_token_points_ms"] = [list(p) for p in first_token]
+    return {**out, "profile": profile}
 
 
 async def _prefill_points(

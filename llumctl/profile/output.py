@@ -30,12 +30,19 @@ def profile_text(result: dict[str, Any], suffix: str) -> str:
             f"# co_located_slowdown measured over {len(points)} instances sharing one host "
             f"(simulator: [cluster] instances_per_host = {len(points)})."
         )
+    if result.get("co_located_first_token_points_ms"):
+        lines.append(
+            "# co_located_first_token_ms: mean TTFT of a probe with 0, 1, ... neighbours "
+            "busy, minus the first."
+        )
     for key, value in values.items():
         lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, float):

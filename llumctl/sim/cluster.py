@@ -240,6 +240,9 @@ class Simulation:
         )
         self._pending.setdefault(iid, []).append(pending)
         self._kick(inst, now)
+        if req.first_token_time is None:
+            busy = self.hosts.num_busy(iid)
+            req.first_token_delay_s = self.profile.first_token_extra_ms(busy) / 1000.0
 
     # ---- policy loop --------------------------------------------------------------------
     def _on_tick(self, now: float, _: Any) -> None:

@@ -8,6 +8,10 @@ on that host at the step's start, itself included. `slowdown` is the profile's
 `co_located_slowdown` (`llumctl profile --co-located N` measures it); instances fill hosts
 of `instances_per_host` in creation order.
 
+A request's first token also comes later when its host is busy: the profile's
+`co_located_first_token_ms[k - 1]`, k being the busy instances on the host when it is
+dispatched (its own included), is added to its time to first token.
+
 The factor is fixed when a step starts: a neighbour that starts or stops mid-step does not
 stretch or shorten it (steps are milliseconds; this keeps every step one event).
 """
@@ -36,6 +40,10 @@ class HostSharing:
         host = self._host_of[instance_id]
         self._num_busy[host] = self._num_busy.get(host, 0) + (1 if is_busy else -1)
         assert self._num_busy[host] >= 0, "an instance went idle twice"
+
+    def num_busy(self, instance_id: str) -> int:
+        """Busy instances on this instance's host (itself included when busy)."""
+        return self._num_busy.get(self._host_of[instance_id], 0)
 
     def step_factor(self, instance_id: str) -> float:
         """How much longer than profiled a step of this (busy) instance takes now."""

@@ -63,6 +63,7 @@ class SimRequest:
         "preempted_at",
         "num_preemptions",
         "preemption_loss_s",
+        "first_token_delay_s",
         "_load",
     )
 
@@ -93,6 +94,8 @@ class SimRequest:
         self.preempted_at: float | None = None
         self.num_preemptions = 0
         self.preemption_loss_s = 0.0
+        # Latency outside the engine from busy neighbours (llumctl/sim/hosts.py).
+        self.first_token_delay_s = 0.0
         self._load: RequestLoad | None = None
 
     @property

@@ -51,8 +51,9 @@ def latency_metrics(
 ) -> dict[str, Any]:
     """Latency metrics of finished requests; None values for an empty set.
 
-    `request_overhead_s` (the profile's fixed cost outside engine steps) is added to every
-    request's prefill latency and end-to-end time; it does not change time per token.
+    `request_overhead_s` (the profile's fixed cost outside engine steps) and each request's
+    `first_token_delay_s` (busy neighbours, llumctl/sim/hosts.py) are added to its prefill
+    latency and end-to-end time; they do not change time per token.
     """
     out: dict[str, Any] = {"num_requests": len(requests)}
     if not requests:
@@ -61,8 +62,9 @@ def latency_metrics(
     prefill, decode, total = [], [], []
     for req in requests:
         assert req.first_token_time is not None and req.finish_time is not None
-        prefill.append(req.first_token_time - req.arrival_time + request_overhead_s)
-        total.append(req.finish_time - req.arrival_time + request_overhead_s)
+        outside_s = request_overhead_s + req.first_token_delay_s
+        prefill.append(req.first_token_time - req.arrival_time + outside_s)
+        total.append(req.finish_time - req.arrival_time + outside_s)
         if req.output_tokens > 1:
             decode.append((req.finish_time - req.first_token_time) / (req.output_tokens - 1))
     out["prefill_mean"] = _mean(prefill)

@@ -22,6 +22,9 @@ keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency 
     co_located_slowdown    0.0      relative step slowdown per other busy instance on the
                                       same host ([cluster] instances_per_host): CPU hosts
                                       share cores, GPUs do not (0)
+    co_located_first_token_ms  []   extra time to first token of a request dispatched while
+                                      k instances of its host are busy (itself included):
+                                      entry k-1, the last entry beyond the list; [] = none
 
 A step that decodes B sequences and prefills prompts n_1..n_k lasts
 decode(B, S) + Σ prefill(n_i) (decode term only when B > 0). A measured engine drops in
@@ -60,6 +63,10 @@ class LatencyProfile:
     max_model_len: int = 12288
     # Instances on one CPU host slow each other; see llumctl/sim/hosts.py.
     co_located_slowdown: float = 0.0
+    # A first token waits for several processes (frontend, engine, relay) to be scheduled
+    # in turn, so on oversubscribed cores it suffers far more than a step's throughput
+    # does, and not linearly in k: measured per k rather than fitted to a slope.
+    co_located_first_token_ms: tuple[float, ...] = ()
 
     def decode_ms(self, num_seqs: int, num_resident_tokens: int) -> float:
         """Duration of the decode part of a step."""
@@ -74,6 +81,13 @@ class LatencyProfile:
     def prefill_ms(self, num_tokens: int) -> float:
         """Duration of prefilling one prompt of `num_tokens` tokens."""
         return self.prefill_per_token_ms * num_tokens + self.prefill_quadratic_ms * num_tokens**2
+
+    def first_token_extra_ms(self, num_busy: int) -> float:
+        """Extra time to first token with `num_busy` instances of the host busy."""
+        extra = self.co_located_first_token_ms
+        if not extra or num_busy < 1:
+            return 0.0
+        return extra[min(num_busy, len(extra)) - 1]
 
     @property
     def block_bytes(self) -> int:
@@ -95,6 +109,10 @@ class LatencyProfile:
 def _coerce_profile_value(key: str, value: Any, kind: type) -> Any:
     if kind is str:
         return str(value)
+    if kind is tuple:
+        if not isinstance(value, list | tuple):
+            raise ProfileError(f"profile key {key!r} must be a list of numbers, got {value!r}")
+        return tuple(_coerce_profile_value(key, v, float) for v in value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProfileError(f"profile key {key!r} must be a number, got {value!r}")
     if value < 0 or (kind is int and value == 0 and key != "watermark_blocks"):

@@ -129,8 +129,12 @@ def test_profile_co_located_points_go_into_the_profile(openai_server, tmp_path: 
     assert [k for k, _ in result["co_located_points_ms"]] == [1, 2]
     text = out_file.read_text()
     assert "[cluster] instances_per_host = 2" in text
-    written = LatencyProfile.from_dict(tomllib.loads(text)).co_located_slowdown
-    assert written == result["profile"]["co_located_slowdown"] >= 0.0
+    written = LatencyProfile.from_dict(tomllib.loads(text))
+    assert written.co_located_slowdown == result["profile"]["co_located_slowdown"] >= 0.0
+    assert [k for k, _ in result["co_located_first_token_points_ms"]] == [1, 2]
+    extra = list(written.co_located_first_token_ms)
+    assert extra == result["profile"]["co_located_first_token_ms"]
+    assert len(extra) == 2 and extra[0] == 0.0 and extra[1] >= 0.0
 
 
 def test_profile_takes_kv_facts_given_for_an_endpoint_that_hides_them(

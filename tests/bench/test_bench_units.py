@@ -13,6 +13,7 @@ from llumctl.errors import InputError
 from llumctl.profile.fit import (
     fit_co_located,
     fit_decode,
+    fit_first_token_extra,
     fit_prefill,
     nonneg_lstsq,
     relative_error,
@@ -26,6 +27,12 @@ def test_fits_recover_known_coefficients() -> None:
     assert fit_prefill(prefill) == pytest.approx((12, 0.5, 1e-4))
     decode = [(b, s, 20 + 0.3 * b + 0.002 * s) for b in (1, 4, 16) for s in (100, 3000)]
     assert fit_decode(decode) == pytest.approx((20, 0.3, 0.002))
+
+
+def test_first_token_extra_is_each_mean_above_the_lone_one() -> None:
+    assert fit_first_token_extra([(2, 45.0), (1, 30.0), (3, 200.0)]) == (0.0, 15.0, 170.0)
+    assert fit_first_token_extra([(1, 30.0), (2, 28.0)]) == (0.0, 0.0)  # never below 0
+    assert fit_first_token_extra([(2, 45.0)]) == ()  # no lone probe to compare with
 
 
 def test_co_located_slowdown_is_the_rise_per_busy_neighbour() -> None:

@@ -238,3 +238,25 @@ def test_profile_measures_co_located_instances_through_the_controller(
     assert len(events) == 6
     for pair in (events[1:3], events[4:6]):
         assert {e["instance"] for e in pair} == {i.instance_id for i in vllm_instances}
+
+
+def test_profile_first_token_probe_goes_to_the_idle_instance(vllm_instances, vllm_controller):
+    # `llumctl profile --co-located 2`, first-token part: alone, then while the other
+    # instance decodes. The probe must land on the idle one (else it measures batching).
+    from llumctl.profile.fit import fit_first_token_extra
+    from llumctl.profile.measure import ProfileSettings, measure_co_located_first_token
+
+    before = _api(vllm_controller, vllm_instances[0], "GET", "/api/events").json()["last_seq"]
+    url = vllm_controller.url + "/v1"
+    settings = ProfileSettings("", quick=True, co_located_url=url, co_located=2)
+    points = asyncio.run(measure_co_located_first_token(settings))
+    assert [k for k, _ in points] == [1, 2] and all(ms > 0 for _, ms in points)
+    extra = fit_first_token_extra(points)
+    assert extra[0] == 0.0 and extra[1] >= 0.0
+    path = f"/api/events?kind=dispatch&since={before}"
+    events = _api(vllm_controller, vllm_instances[0], "GET", path).json()["events"]
+    # Each round: the probe alone, then a neighbour and the probe (quick: 4 rounds).
+    assert len(events) == 3 * settings.first_token_rounds
+    for k in range(settings.first_token_rounds):
+        neighbour, probe = events[3 * k + 1 : 3 * k + 3]
+        assert neighbour["instance"] != probe["instance"]
