@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import httpx
+import aiohttp
 
 from agent.engines.base import Engine, EngineOutput, EngineSpec
 from agent.llumlet import MigrationSource, RequestRecord
@@ -206,7 +206,10 @@ class Instance:
     async def _report_loop(self) -> None:
         """Push the load to the controller on change and at least every report period."""
         last_sent, last_time, last_tokens = None, 0.0, 0
-        async with httpx.AsyncClient(headers=bearer(self.secret), timeout=REPORT_TIMEOUT_S) as http:
+        # aiohttp, as the controller's relay: the push shares this process's cores with the
+        # frontend that streams first tokens, and httpx costs several times its CPU.
+        timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
+        async with aiohttp.ClientSession(headers=bearer(self.secret), timeout=timeout) as http:
             while True:
                 await asyncio.sleep(min(self.report_min_interval_s, self.report_period_s))
                 if not self.controller_url:
@@ -220,10 +223,12 @@ class Instance:
                 last_sent, last_time, last_tokens = load, now, tokens
                 await self._push(http, self.report(rate))
 
-    async def _push(self, http: httpx.AsyncClient, report: LoadReport) -> None:
+    async def _push(self, http: aiohttp.ClientSession, report: LoadReport) -> None:
+        url = f"{self.controller_url}/internal/load"
         try:
-            await http.post(f"{self.controller_url}/internal/load", json=to_json_dict(report))
-        except httpx.HTTPError as exc:
+            async with http.post(url, json=to_json_dict(report)) as response:
+                await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # Once per outage, not once per report (ten a second while the controller is down).
             if not self._report_failing:
                 log.warning("load reports to %s failing: %r", self.controller_url, exc)

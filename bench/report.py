@@ -223,8 +223,9 @@ def _first_token_line(measured: dict[str, Any]) -> list[str]:
     return [
         "",
         f"A first token suffers more: the mean TTFT of a short probe with k neighbours "
-        f"busy ({per_k}) gives `co_located_first_token_ms` = [{extra}], which the simulator "
-        "adds to a request dispatched while that many instances of its host are busy.",
+        f"busy ({per_k}) gives `co_located_first_token_ms` = [{extra}] (each minus the "
+        "first), which the simulator adds to the TTFT of a request dispatched while that "
+        "many neighbours on its host are busy.",
     ]
 
 
