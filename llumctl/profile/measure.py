@@ -45,6 +45,9 @@ Say = Callable[[str], None] | None
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
+# When the first-token probe is sent after its busy neighbours (s).
+_PROBE_AFTER_S = 0.5
+
 
 @dataclass(frozen=True)
 class ProfileSettings:
@@ -100,9 +103,9 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     co_located = None
     if settings.co_located > 1:
         _say(progress, f"co-located: 1..{settings.co_located} decodes at once")
-        co_located = await measure_co_located(settings)
+        per_token_points = await measure_co_located(settings)
         _say(progress, f"co-located: a first token with 0..{settings.co_located - 1} busy")
-        co_located = (co_located, await measure_co_located_first_token(settings))
+        co_located = (per_token_points, await measure_co_located_first_token(settings))
     gen = LoadGenerator(settings.url, settings.model, timeout_s=300.0)
     await gen.check()
     facts = await engine_facts(gen, settings)
@@ -185,10 +188,6 @@ async def measure_co_located_first_token(settings: ProfileSettings) -> list[tupl
             records, _ = await gen.run([*batch, BenchRequest(_PROBE_AFTER_S, 32, 2)])
             ttft[k].append(_ok(records)[-1].ttft_s * 1000)
     return [(k, float(statistics.mean(ttft[k]))) for k in counts]
-
-
-# When the first-token probe is sent after its busy neighbours (s).
-_PROBE_AFTER_S = 0.5
 
 
 def with_co_located(
