@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,41 +153,52 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
 async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float]]:
     """(k, end-to-end ms per output token) for k = 1..N decodes sent at once to the
     co-located endpoint, each the median of `repeats` rounds (k in turn within a round)."""
-    gen = LoadGenerator(settings.co_located_url, settings.model, timeout_s=300.0)
-    await gen.check()
-    gen.model = (await _served_model(gen, settings.model))["id"]
-    counts = range(1, settings.co_located + 1)
-    times: dict[int, list[float]] = {k: [] for k in counts}
-    for rep in range(settings.repeats):
-        for k in counts:
-            gen.seed = 8_000_000 + k * 1000 + rep
-            batch = [BenchRequest(0.0, 32, 2 * settings.decode_tokens) for _ in range(k)]
-            records, _ = await gen.run(batch)
-            # End to end, not TPOT: a starved client reads a burst of tokens at once,
-            # which makes TPOT look *smaller* under contention.
-            times[k].append(
-                statistics.mean(r.e2e_s / r.num_received_tokens for r in _ok(records)) * 1000
-            )
-    return [(k, float(statistics.median(times[k]))) for k in counts]
+
+    async def per_token_ms(gen: LoadGenerator, k: int) -> float:
+        batch = [BenchRequest(0.0, 32, 2 * settings.decode_tokens) for _ in range(k)]
+        records, _ = await gen.run(batch)
+        # End to end, not TPOT: a starved client reads a burst of tokens at once, which
+        # makes TPOT look *smaller* under contention.
+        return float(statistics.mean(r.e2e_s / r.num_received_tokens for r in _ok(records))) * 1000
+
+    times = await _rounds_per_k(settings, settings.repeats, 8_000_000, per_token_ms)
+    return [(k, float(statistics.median(ms))) for k, ms in times.items()]
 
 
 async def measure_co_located_first_token(settings: ProfileSettings) -> list[tuple[int, float]]:
     """(k, mean TTFT ms) of a short probe sent while k - 1 long decodes run, k = 1..N: the
     endpoint puts the probe on the instance left idle (every policy spreads a lone
     request onto an idle instance). Rounds of k = 1..N in turn."""
+
+    async def probe_ttft_ms(gen: LoadGenerator, k: int) -> float:
+        # The neighbours decode for ~4x decode_tokens steps; the probe arrives once they
+        # are past their prefill and reported busy (llumlets report every 0.2 s).
+        batch = [BenchRequest(0.0, 32, 4 * settings.decode_tokens) for _ in range(k - 1)]
+        records, _ = await gen.run([*batch, BenchRequest(_PROBE_AFTER_S, 32, 2)])
+        return float(_ok(records)[-1].ttft_s * 1000)
+
+    rounds = settings.first_token_rounds
+    ttft = await _rounds_per_k(settings, rounds, 9_000_000, probe_ttft_ms)
+    return [(k, float(statistics.mean(ms))) for k, ms in ttft.items()]
+
+
+async def _rounds_per_k(
+    settings: ProfileSettings,
+    rounds: int,
+    seed_base: int,
+    measure: Callable[[LoadGenerator, int], Awaitable[float]],
+) -> dict[int, list[float]]:
+    """`measure(gen, k)` for k = 1..N in turn, `rounds` times, through the co-located
+    endpoint; fresh prompt ids every time (a new seed), so no prefix cache shortcuts."""
     gen = LoadGenerator(settings.co_located_url, settings.model, timeout_s=300.0)
+    await gen.check()
     gen.model = (await _served_model(gen, settings.model))["id"]
-    counts = range(1, settings.co_located + 1)
-    ttft: dict[int, list[float]] = {k: [] for k in counts}
-    for rep in range(settings.first_token_rounds):
-        for k in counts:
-            gen.seed = 9_000_000 + k * 1000 + rep
-            # The neighbours decode for ~4x decode_tokens steps; the probe arrives once
-            # they are past their prefill and reported busy (llumlets report every 0.2 s).
-            batch = [BenchRequest(0.0, 32, 4 * settings.decode_tokens) for _ in range(k - 1)]
-            records, _ = await gen.run([*batch, BenchRequest(_PROBE_AFTER_S, 32, 2)])
-            ttft[k].append(_ok(records)[-1].ttft_s * 1000)
-    return [(k, float(statistics.mean(ttft[k]))) for k in counts]
+    values: dict[int, list[float]] = {k: [] for k in range(1, settings.co_located + 1)}
+    for rep in range(rounds):
+        for k in values:
+            gen.seed = seed_base + k * 1000 + rep
+            values[k].append(await measure(gen, k))
+    return values
 
 
 def with_co_located(
