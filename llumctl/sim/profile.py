@@ -24,7 +24,7 @@ keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency 
                                       share cores, GPUs do not (0)
     co_located_first_token_ms  []   extra time to first token of a request dispatched while
                                       k instances of its host are busy (itself included):
-                                      entry k-1, the last entry beyond the list; [] = none
+                                      the k-th entry (the last when k is larger); [] = none
 
 A step that decodes B sequences and prefills prompts n_1..n_k lasts
 decode(B, S) + Σ prefill(n_i) (decode term only when B > 0). A measured engine drops in
