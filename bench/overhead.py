@@ -4,10 +4,12 @@ latency vllm-router adds, at low load and at saturation; relayed tokens/s at sat
 Low load: requests one at a time (idle engines), alternating between the stack and its own
 engine addressed directly (llumctl: an instance's API; vllm-router: one of its vLLM
 servers), so each pair sees the same machine: measured minutes apart, as the suite first
-did, the direct engine came out slower than either stack by more than a hop. Saturation: a
-burst of `burst_per_instance` requests per instance at once; the 3-instance stacks get N
-times the burst of the single directly-addressed vLLM server (phase B), so each engine sees
-the same load. Runs inside the suite (bench/run_all.sh), sharing its engines.
+did, the direct engine came out slower than either stack by more than a hop. Both probes
+time every chunk or event that carries a token, text or not (`is_token_chunk`).
+Saturation: `saturated_bursts` bursts of `burst_per_instance` requests per instance at
+once, each metric the median over the bursts; the 3-instance stacks get N times the burst
+of the single directly-addressed vLLM server (phase B), so each engine sees the same load.
+Runs inside the suite (bench/run_all.sh), sharing its engines.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class OverheadConfig:
     prompt_tokens: int = 64
     output_tokens: int = 32
     burst_per_instance: int = 16
+    # Bursts per stack, reported by their medians: one burst's TPOT median moved 7-28 ms
+    # between identical bursts on one llumctl cluster (2026-11-28), more than the
+    # difference between the stacks.
+    saturated_bursts: int = 3
 
 
 def low_load(cfg: OverheadConfig) -> list[BenchRequest]:
@@ -65,16 +71,21 @@ def openai_probe(url: str, model: str = "tiny") -> Probe:
         async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
             resp.raise_for_status()
             async for line in resp.aiter_lines():
-                if line.startswith("data: {") and _chunk_text(line[6:]):
+                if line.startswith("data: {") and is_token_chunk(line[6:]):
                     times.append(time.perf_counter())
-        return _ttft_tpot(t0, times)
+        return ttft_tpot(t0, times, out)
 
     return probe
 
 
-def _chunk_text(data: str) -> str:
-    choices = json.loads(data).get("choices") or [{}]
-    return str(choices[0].get("text") or "")
+def is_token_chunk(data: str) -> bool:
+    """Whether a completion chunk carries output, *including an empty text*: a token that
+    ends inside a multi-byte character (a quarter of the random-weight model's tokens) has
+    none, and counting only chunks with text put the first token late and stretched the
+    gaps between tokens on the OpenAI path alone (the llumctl instance probe counts every
+    token), which once showed as 2.4 ms of added per-token latency that was not there."""
+    choices = json.loads(data).get("choices") or []
+    return bool(choices) and choices[0].get("text") is not None
 
 
 def instance_probe(url: str, secret: str) -> Probe:
@@ -92,17 +103,24 @@ def instance_probe(url: str, secret: str) -> Probe:
         async with client.stream("POST", f"{url}/generate", json=body, headers=headers) as resp:
             resp.raise_for_status()
             async for line in resp.aiter_lines():
-                if line.strip() and json.loads(line)["type"] == "token":
+                # The `finished` event too: the controller relays it as the closing chunk,
+                # which the OpenAI probe counts like vLLM's own last chunk.
+                if line.strip() and json.loads(line)["type"] in ("token", "finished"):
                     times.append(time.perf_counter())
-        return _ttft_tpot(t0, times)
+        return ttft_tpot(t0, times, out)
 
     return probe
 
 
-def _ttft_tpot(t0: float, times: list[float]) -> tuple[float, float]:
-    if len(times) < 2:
-        raise RuntimeError(f"a probe got {len(times)} tokens; needs 2 or more")
-    return times[0] - t0, (times[-1] - times[0]) / (len(times) - 1)
+def ttft_tpot(t0: float, times: list[float], num_tokens: int) -> tuple[float, float]:
+    """First-token time, and the time per token after it, from a stream's arrival times:
+    the span from the first to the last arrival over the `num_tokens - 1` tokens after
+    the first (the count asked for, with `ignore_eos`), so a path that sends a closing
+    chunk after its last token (llumctl) and one that closes on its last token (vLLM)
+    give the same per-token time."""
+    if len(times) < 2 or num_tokens < 2:
+        raise RuntimeError(f"a probe got {len(times)} arrivals for {num_tokens} tokens")
+    return times[0] - t0, (times[-1] - times[0]) / (num_tokens - 1)
 
 
 async def low_load_pair(
@@ -130,27 +148,42 @@ async def low_load_pair(
 def measure(
     url: str, cfg: OverheadConfig, instances: int, seed: int = 11, direct: Probe | None = None
 ) -> dict[str, Any]:
-    """Median TTFT/TPOT at low load; TTFT/TPOT and tokens/s of the burst (seconds). With
+    """Median TTFT/TPOT at low load; TTFT/TPOT and tokens/s of the bursts (seconds). With
     `direct`, the low-load medians come from alternating with the engine addressed
     directly, whose own medians are `low_direct`."""
     out: dict[str, Any] = {}
-    phases = [("low", low_load(cfg)), ("saturated", burst(cfg, instances))]
     if direct is not None:
         pair = asyncio.run(low_load_pair(openai_probe(url), direct, cfg, seed))
         out["low"], out["low_direct"] = pair["stack"], pair["direct"]
-        phases = phases[1:]
-    for phase, workload in phases:
-        gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=600.0, seed=seed)
-        records, duration = asyncio.run(gen.run(workload))
-        ok = [r for r in records if r.is_ok]
-        summary = summarize(records, duration)
-        out[phase] = {
-            "ttft_median": statistics.median(r.ttft_s for r in ok) if ok else None,
-            "tpot_median": statistics.median(r.tpot_s for r in ok) if ok else None,
-            "ttft_p99": summary["ttft_p99"],
-            "output_tokens_per_s": summary["output_tokens_per_s"],
-            "errors": summary["errors"],
-        }
+    else:
+        out["low"] = _phase(url, low_load(cfg), seed)
+    bursts = [
+        _phase(url, burst(cfg, instances), seed + k) for k in range(cfg.saturated_bursts)
+    ]
+    out["saturated"] = {**_medians(bursts), "bursts": bursts}
+    return out
+
+
+def _phase(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any]:
+    gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=600.0, seed=seed)
+    records, duration = asyncio.run(gen.run(workload))
+    ok = [r for r in records if r.is_ok]
+    summary = summarize(records, duration)
+    return {
+        "ttft_median": statistics.median(r.ttft_s for r in ok) if ok else None,
+        "tpot_median": statistics.median(r.tpot_s for r in ok) if ok else None,
+        "ttft_p99": summary["ttft_p99"],
+        "output_tokens_per_s": summary["output_tokens_per_s"],
+        "errors": summary["errors"],
+    }
+
+
+def _medians(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's median over the bursts (errors summed)."""
+    out: dict[str, Any] = {"errors": sum(p["errors"] for p in phases)}
+    for key in ("ttft_median", "tpot_median", "ttft_p99", "output_tokens_per_s"):
+        values = [p[key] for p in phases if p[key] is not None]
+        out[key] = statistics.median(values) if values else None
     return out
 
 

@@ -106,13 +106,28 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _burst_tpots_line(o: dict[str, Any]) -> str:
+    """Each burst's median TPOT per path: how far one burst is from the next."""
+    parts = []
+    for name, phase in (
+        ("llumctl", o["llumctl"]["saturated"]),
+        ("vllm-router", o["vllm_router"]["saturated"]),
+        ("direct", o["direct"]["saturated"]),
+    ):
+        tpots = [_ms(b["tpot_median"]) for b in phase.get("bursts", [])]
+        parts.append(f"{name} {', '.join(tpots) or 'n/a'}")
+    return f"Saturated TPOT median per burst (ms): {'; '.join(parts)}."
+
+
 def overhead_section(suite: dict[str, Any]) -> list[str]:
     o = suite["overhead"]
     lines = [
         "Median TTFT / TPOT (ms); *added* = path minus the engine addressed directly. Low "
         "load: requests alternate between each stack and its own engine addressed directly "
-        "(llumctl: an instance's API; vllm-router: one of its vLLM servers). Saturation: "
-        "against one vLLM server given one instance's share of the burst.",
+        "(llumctl: an instance's API; vllm-router: one of its vLLM servers); a token counts "
+        "when its chunk arrives, text or not. Saturation: against one vLLM server given one "
+        "instance's share of the burst; each figure the median of the bursts' medians "
+        "(TPOT per burst below).",
         "",
         "| phase | path | TTFT | TPOT | direct TTFT | direct TPOT | added TTFT / TPOT |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -129,6 +144,7 @@ def overhead_section(suite: dict[str, Any]) -> list[str]:
                 f"| {_ms(direct['ttft_median'])} | {_ms(direct['tpot_median'])} "
                 f"| {_ms(added['added_ttft_s'])} / {_ms(added['added_tpot_s'])} |"
             )
+    lines += ["", _burst_tpots_line(o)]
     lines += [
         "",
         f"Relayed output tokens/s through llumctl at saturation: "

@@ -42,7 +42,9 @@ def configs(quick: bool) -> tuple[Any, Any, Any]:
     fid = fidelity.FidelityConfig()
     if quick:
         sbs = replace(sbs, requests=10, rate=2.0, max_output=8, reps=1)
-        ovh = replace(ovh, low_requests=3, burst_per_instance=2, output_tokens=8)
+        ovh = replace(
+            ovh, low_requests=3, burst_per_instance=2, output_tokens=8, saturated_bursts=1
+        )
         fid = replace(fid, requests=6, max_output=8)
     return sbs, ovh, fid
 

@@ -191,7 +191,9 @@ def test_overhead_probes_alternate_a_stack_with_its_engine(openai_server, vllm_i
 
     from bench.overhead import OverheadConfig, instance_probe, low_load_pair, openai_probe
 
-    cfg = OverheadConfig(low_requests=2, low_spacing_s=0.0, prompt_tokens=16, output_tokens=4)
+    cfg = OverheadConfig(
+        low_requests=2, low_spacing_s=0.0, prompt_tokens=16, output_tokens=4, saturated_bursts=2
+    )
     inst = vllm_instances[0]
     stack = openai_probe(openai_server.url.removesuffix("/v1"))
     pair = asyncio.run(low_load_pair(stack, instance_probe(inst.url, inst.secret), cfg, seed=1))
@@ -203,3 +205,8 @@ def test_overhead_probes_alternate_a_stack_with_its_engine(openai_server, vllm_i
     out = measure(openai_server.url.removesuffix("/v1"), cfg, 1, direct=stack)
     assert set(out) == {"low", "low_direct", "saturated"}
     assert out["low"]["ttft_median"] > 0 and out["saturated"]["errors"] == 0
+    # The saturated figures are the medians of the bursts, each kept.
+    bursts = out["saturated"]["bursts"]
+    assert len(bursts) == 2 and all(b["errors"] == 0 for b in bursts)
+    tpots = sorted(b["tpot_median"] for b in bursts)
+    assert out["saturated"]["tpot_median"] == pytest.approx(sum(tpots) / 2)

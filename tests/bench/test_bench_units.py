@@ -180,3 +180,25 @@ def test_low_load_overhead_compares_the_interleaved_pair_when_measured() -> None
         0.0002
     )
     assert added(paired, direct)["saturated"]["added_ttft_s"] == pytest.approx(0.3)
+
+
+def test_overhead_probe_counts_chunks_whose_token_has_no_text() -> None:
+    # A token ending inside a multi-byte character streams as text "": it is still a
+    # token arrival; a chunk without choices (usage) is not.
+    import json
+
+    from bench.overhead import is_token_chunk, ttft_tpot
+
+    def chunk(choices: list[dict]) -> str:
+        return json.dumps({"id": "c", "choices": choices})
+
+    assert is_token_chunk(chunk([{"index": 0, "text": ""}]))
+    assert is_token_chunk(chunk([{"index": 0, "text": "a", "finish_reason": "length"}]))
+    assert not is_token_chunk(chunk([]))
+    assert not is_token_chunk(chunk([{"index": 0, "delta": {"content": "a"}}]))
+    # Four tokens asked for: the span over the three after the first, however many
+    # arrivals carried them (a closing chunk adds one at the end).
+    ttft, tpot = ttft_tpot(10.0, [10.5, 10.6, 10.8, 11.1], 4)
+    assert (round(ttft, 6), round(tpot, 6)) == (0.5, 0.2)
+    with pytest.raises(RuntimeError):
+        ttft_tpot(10.0, [10.5], 4)
