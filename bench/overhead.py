@@ -157,9 +157,7 @@ def measure(
         out["low"], out["low_direct"] = pair["stack"], pair["direct"]
     else:
         out["low"] = _phase(url, low_load(cfg), seed)
-    bursts = [
-        _phase(url, burst(cfg, instances), seed + k) for k in range(cfg.saturated_bursts)
-    ]
+    bursts = [_phase(url, burst(cfg, instances), seed + k) for k in range(cfg.saturated_bursts)]
     out["saturated"] = {**_medians(bursts), "bursts": bursts}
     return out
 
