@@ -8,6 +8,7 @@ import sys
 
 from agent.agent_config import agent_config, load_agent_config
 from llumctl.errors import LlumctlError
+from llumctl.heap import freeze_startup_heap
 from llumctl.listen import bind_tcp, server_config
 from llumctl.logsetup import setup_logging
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         server.should_exit = True
 
     app.api.state.agent.on_shutdown = stop
+    freeze_startup_heap()  # the agent hosts sim instances' streams in this process
     server.run(sockets=[sock])
 
 

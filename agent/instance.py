@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agent.runtime import Instance
 from agent.streams import RequestStream
 from llumctl.errors import AuthError, InputError, LlumctlError
+from llumctl.heap import freeze_startup_heap
 from llumctl.listen import bind_tcp, server_config
 from llumctl.logsetup import setup_logging
 from llumctl.protocol import (
@@ -204,6 +205,8 @@ async def serve(args: argparse.Namespace) -> None:
         migration_idle_timeout_s=args.migration_idle_timeout_s,
     )
     await instance.start()
+    # After the engine's load: its objects are most of this process's heap.
+    log.info("froze %d start-up objects out of the garbage collector", freeze_startup_heap())
     root = FastAPI()
     root.mount(base, create_app(instance))
     try:

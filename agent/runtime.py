@@ -98,6 +98,7 @@ class Instance:
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.source.close()
         await self.transport.close()
         await self.engine.shutdown()
 

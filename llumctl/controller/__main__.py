@@ -8,6 +8,7 @@ import sys
 
 from llumctl.controller.config import ControllerConfig, config_from_dict, load_config
 from llumctl.errors import LlumctlError
+from llumctl.heap import freeze_startup_heap
 from llumctl.listen import bind_tcp, server_config
 from llumctl.logsetup import setup_logging
 
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     except LlumctlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    uvicorn.Server(server_config(create_app(config), config.host, config.port)).run(sockets=[sock])
+    app = create_app(config)
+    freeze_startup_heap()
+    uvicorn.Server(server_config(app, config.host, config.port)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

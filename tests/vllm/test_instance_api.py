@@ -159,6 +159,16 @@ def test_instances_sharing_cores_have_no_separate_worker_process(vllm_instances)
         assert [t for t in titles if t.startswith("VLLM::")] == ["VLLM::EngineCore"], titles
 
 
+def test_instance_froze_its_start_up_heap_before_serving(vllm_instances):
+    # Full collections over the engine's ~670,000 start-up objects stopped every stream of
+    # the instance for ~0.5 s; the process freezes them once the engine has loaded.
+    import re
+
+    for inst in vllm_instances:
+        found = re.findall(r"froze (\d+) start-up objects", inst.log_path.read_text())
+        assert found and int(found[0]) > 100_000, inst.log_path
+
+
 def test_engine_nice_defaults_to_10_on_shared_cores_and_is_checked(tmp_path):
     from agent.engines.vllm.params import SHARED_CORES_ENGINE_NICE, build_engine_args
     from llumctl.errors import InputError
