@@ -275,3 +275,12 @@ async def test_load_reports_a_prompt_while_it_is_prefilled_and_nothing_while_dec
     await task
     assert prefill_backlog({"tokens": 301, "computed": 300}) == 0
     assert prefill_backlog({"tokens": 300, "computed": 0}) == 300
+
+
+def test_vllm_statistics_are_off_unless_asked_for(tmp_path):
+    # Nothing reads vLLM's per-step statistics in an instance; a user may turn them on.
+    from agent.engines.vllm.params import build_engine_args
+
+    assert build_engine_args("m", {}, str(tmp_path)).disable_log_stats is True
+    args = build_engine_args("m", {"disable_log_stats": False}, str(tmp_path))
+    assert args.disable_log_stats is False

@@ -14,6 +14,10 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "enforce_eager": True,
     "block_size": 32,
     "enable_prefix_caching": True,
+    # vLLM's per-step statistics (Prometheus histograms, the periodic throughput log): the
+    # instance serves no vLLM metrics endpoint, and the controller gets its load from the
+    # connector, so they are work per step and per token that nothing reads.
+    "disable_log_stats": True,
 }
 
 
