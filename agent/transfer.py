@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent.engines.base import KvChunk
 from agent.engines.vllm.wire import read_frame, write_frame
@@ -143,6 +144,7 @@ class TcpTransport(KvTransport):
         while True:
             header, payload = await read_frame(reader)
             chunk = KvChunk(int(header["first"]), int(header["num"]), payload)
+            reply: dict[str, Any]
             try:
                 await on_chunk(str(header["mig"]), chunk)
                 reply = {"ok": True}
