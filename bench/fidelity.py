@@ -29,9 +29,9 @@ from llumctl.bench.stats import mean, percentile
 from llumctl.bench.workload import fit_lengths, generated, to_specs
 from llumctl.profile.fit import relative_error
 from llumctl.profile.measure import (
+    CoLocatedPoints,
     ProfileSettings,
-    measure_co_located,
-    measure_co_located_first_token,
+    measure_co_located_all,
     measure_engine,
     with_co_located,
 )
@@ -62,18 +62,14 @@ class FidelityConfig:
         return fit_lengths(generated(spec), self.max_prompt, limit - 1, self.max_output)
 
 
-CoLocated = tuple[list[tuple[int, float]], list[tuple[int, float]]]
-
-
-def co_located_points(url: str, instances: int, quick: bool = False) -> CoLocated:
+def co_located_points(url: str, instances: int, quick: bool = False) -> CoLocatedPoints:
     """`llumctl profile --co-located N`'s measurements (time per token, and a probe's
     first token, with k busy), through the controller with all N instances serving
     (before `profile_engine` drains all but one)."""
     settings = ProfileSettings(
         "", "tiny", quick=quick, co_located_url=f"{url}/v1", co_located=instances
     )
-    per_token = asyncio.run(measure_co_located(settings))
-    return per_token, asyncio.run(measure_co_located_first_token(settings))
+    return asyncio.run(measure_co_located_all(settings))
 
 
 def profile_engine(
@@ -82,7 +78,7 @@ def profile_engine(
     model_dir: Path,
     out: Path,
     quick: bool = False,
-    co_located: CoLocated | None = None,
+    co_located: CoLocatedPoints | None = None,
 ) -> dict[str, Any]:
     """`llumctl profile` through a llumctl controller with one instance taking requests
     (its KV facts are the engine shape's), with the co-located points measured before;

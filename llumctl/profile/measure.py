@@ -102,10 +102,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     """Every measurement and the fitted profile (a dict of LatencyProfile keys)."""
     co_located = None
     if settings.co_located > 1:
-        _say(progress, f"co-located: 1..{settings.co_located} decodes at once")
-        per_token_points = await measure_co_located(settings)
-        _say(progress, f"co-located: a first token with 0..{settings.co_located - 1} busy")
-        co_located = (per_token_points, await measure_co_located_first_token(settings))
+        co_located = await measure_co_located_all(settings, progress)
     gen = LoadGenerator(settings.url, settings.model, timeout_s=300.0)
     await gen.check()
     facts = await engine_facts(gen, settings)
@@ -148,6 +145,21 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "facts": facts,
     }
     return with_co_located(result, *co_located) if co_located else result
+
+
+# The two co-located measurements: (k, ms per output token) and (k, first-token ms).
+CoLocatedPoints = tuple[list[tuple[int, float]], list[tuple[int, float]]]
+
+
+async def measure_co_located_all(
+    settings: ProfileSettings, progress: Say = None
+) -> CoLocatedPoints:
+    """Both co-located measurements, in the order `llumctl profile` takes them: the time per
+    token with k decoding at once, then a first token with k - 1 busy."""
+    _say(progress, f"co-located: 1..{settings.co_located} decodes at once")
+    per_token = await measure_co_located(settings)
+    _say(progress, f"co-located: a first token with 0..{settings.co_located - 1} busy")
+    return per_token, await measure_co_located_first_token(settings)
 
 
 async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float]]:
