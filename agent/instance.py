@@ -206,7 +206,8 @@ async def serve(args: argparse.Namespace) -> None:
     )
     await instance.start()
     # After the engine's load: its objects are most of this process's heap.
-    log.info("froze %d start-up objects out of the garbage collector", freeze_startup_heap())
+    num_frozen = freeze_startup_heap()
+    log.info("froze %d start-up objects out of the garbage collector", num_frozen)
     root = FastAPI()
     root.mount(base, create_app(instance))
     try:
