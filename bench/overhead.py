@@ -4,8 +4,9 @@ latency vllm-router adds, at low load and at saturation; relayed tokens/s at sat
 Low load: requests one at a time (idle engines), alternating between the stack and its own
 engine addressed directly (llumctl: an instance's API; vllm-router: one of its vLLM
 servers), so each pair sees the same machine: measured minutes apart, as the suite first
-did, the direct engine came out slower than either stack by more than a hop. Both probes
-time every chunk or event that carries a token, text or not (`is_token_chunk`).
+did, the direct engine came out slower than either stack by more than a hop. Each request
+has its own prompt, so no path finds another's in a prefix cache. Both probes time every
+chunk or event that carries a token, text or not (`is_token_chunk`).
 Saturation: `saturated_bursts` bursts of `burst_per_instance` requests per instance at
 once, each metric the median over the bursts; the 3-instance stacks get N times the burst
 of the single directly-addressed vLLM server (phase B), so each engine sees the same load.
@@ -33,7 +34,9 @@ from llumctl.bench.stats import summarize
 
 @dataclass(frozen=True)
 class OverheadConfig:
-    low_requests: int = 16
+    # Rounds of the low-load pair: the median of 16 moved by 1-1.5 ms between runs of
+    # one cluster (2026-11-28), as much as the hop being measured.
+    low_requests: int = 32
     low_spacing_s: float = 0.6
     prompt_tokens: int = 64
     output_tokens: int = 32
@@ -127,14 +130,21 @@ async def low_load_pair(
     stack: Probe, direct: Probe, cfg: OverheadConfig, seed: int
 ) -> dict[str, dict[str, float]]:
     """Median TTFT/TPOT through the stack and to the engine directly, one request at a
-    time, alternating (the same prompt to both in turn)."""
+    time, alternating, with the order swapped every round (`pair_order`).
+
+    Every request has a prompt of its own (same length): with one prompt sent to both in
+    turn, the second found it in the engine's prefix cache whenever both went to the
+    same engine and skipped its prefill, ~3 ms here. llumctl's idle cluster sent the
+    stack's request to the very instance probed directly, a round-robin router to it one
+    time in three, so the cache made llumctl's hop look ~2.5 ms dearer than it was."""
     rng = random.Random(seed)
+    probes = {"stack": stack, "direct": direct}
     got: dict[str, list[tuple[float, float]]] = {"stack": [], "direct": []}
     async with httpx.AsyncClient(timeout=120) as client:
-        for _ in range(cfg.low_requests):
-            prompt = prompt_token_ids(cfg.prompt_tokens, rng)
-            for name, probe in (("stack", stack), ("direct", direct)):
-                got[name].append(await probe(client, prompt, cfg.output_tokens))
+        for round_index in range(cfg.low_requests):
+            for name in pair_order(round_index):
+                prompt = prompt_token_ids(cfg.prompt_tokens, rng)
+                got[name].append(await probes[name](client, prompt, cfg.output_tokens))
                 await asyncio.sleep(cfg.low_spacing_s / 2)
     return {
         name: {
@@ -143,6 +153,12 @@ async def low_load_pair(
         }
         for name, pairs in got.items()
     }
+
+
+def pair_order(round_index: int) -> tuple[str, str]:
+    """Which path goes first in a low-load round: each in turn, so whatever the first
+    request after a pause pays falls on both alike."""
+    return ("stack", "direct") if round_index % 2 == 0 else ("direct", "stack")
 
 
 def measure(

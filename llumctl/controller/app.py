@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from llumctl.controller import events as ev
 from llumctl.controller.actuator import Actuator
+from llumctl.controller.asgi_front import AsgiFront
 from llumctl.controller.clients import AgentClient, InstanceClient
 from llumctl.controller.config import ControllerConfig
 from llumctl.controller.dispatcher import Dispatcher, ModelNotFound
@@ -94,7 +95,9 @@ class Controller:
         await self.agent_client.close()
 
 
-def create_app(config: ControllerConfig) -> FastAPI:
+def create_app(config: ControllerConfig) -> AsgiFront:
+    """The controller's ASGI app: FastAPI behind a plain ASGI front for the hot routes
+    (`.app` is the FastAPI app, `.app.state.controller` the `Controller`)."""
     from llumctl.controller import routes_control, routes_internal, routes_openai
 
     controller = Controller(config)
@@ -117,7 +120,7 @@ def create_app(config: ControllerConfig) -> FastAPI:
     routes_control.register(app, controller)
     routes_internal.register(app, controller)
     _install_error_handlers(app)
-    return app
+    return AsgiFront(app, routes_openai.front_routes(controller), error_response)
 
 
 def error_response(exc: Exception) -> JSONResponse:

@@ -127,7 +127,7 @@ class ThreadedController:
 
         self.config = config
         self.app = create_app(config)
-        self.controller = self.app.state.controller
+        self.controller = self.app.app.state.controller
         self._server = uvicorn.Server(server_config(self.app, config.host, config.port))
         sockets = [bind_tcp(config.host, config.port)]
         self._thread = threading.Thread(

@@ -3,6 +3,8 @@
 A request is validated, dispatched, and its instance stream opened *before* the response
 starts, so every input error (ours or the instance's, e.g. a prompt longer than the
 context) reaches the client as a 4xx in OpenAI's shape, never as a broken stream.
+The two generating endpoints are served by the plain ASGI front (`asgi_front`), the
+model list by FastAPI.
 """
 
 from __future__ import annotations
@@ -10,15 +12,15 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from llumctl.controller import openai_shapes as shapes
 from llumctl.controller.app import Controller, error_response
+from llumctl.controller.asgi_front import Exchange, Handler
 from llumctl.controller.openai_api import (
     DEFAULT_COMPLETION_MAX_TOKENS,
     ParsedRequest,
@@ -39,19 +41,28 @@ from llumctl.protocol import EventType, GenerateRequest, StreamEvent
 # Instances tried for one request before it fails with a 503.
 _OPEN_ATTEMPTS = 3
 
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+def front_routes(ctrl: Controller) -> dict[str, Handler]:
+    """The generating endpoints, for the ASGI front."""
+
+    async def completions(exchange: Exchange) -> None:
+        await _serve(ctrl, "completion", exchange)
+
+    async def chat_completions(exchange: Exchange) -> None:
+        await _serve(ctrl, "chat", exchange)
+
+    return {"/v1/completions": completions, "/v1/chat/completions": chat_completions}
+
 
 def register(app: FastAPI, ctrl: Controller) -> None:
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        return await _serve(ctrl, "completion", request)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        return await _serve(ctrl, "chat", request)
-
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        _check_api_key(ctrl, request)
+        _check_api_key(ctrl, request.headers.get("authorization"))
         names = sorted(ctrl.state.models() | {m.name for m in ctrl.config.models})
         return {
             "object": "list",
@@ -61,21 +72,21 @@ def register(app: FastAPI, ctrl: Controller) -> None:
         }
 
 
-def _check_api_key(ctrl: Controller, request: Request) -> None:
+def _check_api_key(ctrl: Controller, authorization: str | None) -> None:
     if not ctrl.config.api_keys:
         return
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    given = (authorization or "").removeprefix("Bearer ").strip()
     if not any(hmac.compare_digest(given, key) for key in ctrl.config.api_keys):
         raise AuthError("invalid or missing API key")
 
 
-async def _serve(ctrl: Controller, kind: str, request: Request) -> Any:
-    _check_api_key(ctrl, request)
+async def _serve(ctrl: Controller, kind: str, exchange: Exchange) -> None:
+    _check_api_key(ctrl, exchange.header(b"authorization"))
     default_max = DEFAULT_COMPLETION_MAX_TOKENS
     if kind == "chat":
         default_max = ctrl.config.default_chat_max_tokens
     parsed = parse_request(
-        kind, decode_body(await request.body()), request.headers.get("x-priority"), default_max
+        kind, decode_body(await exchange.body()), exchange.header(b"x-priority"), default_max
     )
     ctrl.dispatcher.check_model(parsed.model)
     prefix = "cmpl-" if kind == "completion" else "chatcmpl-"
@@ -88,18 +99,30 @@ async def _serve(ctrl: Controller, kind: str, request: Request) -> Any:
         ),
     )
     ctrl.state.requests[record.id] = record
-    try:
-        stream = await _open(ctrl, record, parsed)
-    except LlumctlError:
-        ctrl.finish(record, "failed")
-        raise
-    if parsed.stream:
-        return StreamingResponse(
-            _sse(ctrl, stream, record, parsed),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
-    return await _collect(ctrl, stream, record, parsed)
+    response: JSONResponse | None = None
+    # The last write completes the response, which uvicorn reports to the watch as the
+    # client leaving: so it goes out after the watch.
+    with exchange.watch_client():
+        try:
+            stream = await _open(ctrl, record, parsed)
+        except LlumctlError:
+            ctrl.finish(record, "failed")
+            raise
+        except BaseException:
+            # Cancelled as the client left while the stream opened, or a bug.
+            ctrl.finish(record, "aborted" if exchange.has_client_left else "failed")
+            raise
+        if parsed.stream:
+            await exchange.start_stream(_SSE_HEADERS)
+            await _sse(ctrl, stream, record, parsed, exchange)
+        else:
+            response = await _collect(ctrl, stream, record, parsed)
+    if exchange.has_client_left:
+        return
+    if response is not None:
+        await exchange.respond(response)
+    else:
+        await exchange.write("data: [DONE]\n\n", is_last=True)
 
 
 async def _open(ctrl: Controller, record: RequestRecord, parsed: ParsedRequest) -> RequestStream:
@@ -135,17 +158,23 @@ async def _collect(
 ) -> JSONResponse:
     parts: list[str] = []
     finish, num_prompt = None, 0
+    status = "aborted"
     try:
         async for event in stream.events():
             if event.type == EventType.TOKEN:
                 parts.append(event.text)
             else:
                 finish, num_prompt = event.finish_reason, event.num_prompt_tokens
+        status = "finished"
     except LlumctlError as exc:
-        ctrl.finish(record, "failed")
+        status = "failed"
         return error_response(exc)
     finally:
-        await stream.close()
+        # The client leaving cancels this; the abort must still go out.
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+        if status != "finished":
+            ctrl.finish(record, status)
     record.num_prompt_tokens = num_prompt
     ctrl.finish(record, "finished")
     body = shapes.full_response(
@@ -155,8 +184,13 @@ async def _collect(
 
 
 async def _sse(
-    ctrl: Controller, stream: RequestStream, record: RequestRecord, parsed: ParsedRequest
-) -> AsyncIterator[str]:
+    ctrl: Controller,
+    stream: RequestStream,
+    record: RequestRecord,
+    parsed: ParsedRequest,
+    exchange: Exchange,
+) -> None:
+    """Relay the stream as server-sent events, all but the closing `[DONE]`."""
     status = "aborted"
     is_first = True
     token = shapes.token_sse(parsed, record.id)
@@ -173,14 +207,12 @@ async def _sse(
                     is_first = False
                 else:
                     parts.append(token(event.text))
-            yield "".join(parts)
-        yield "data: [DONE]\n\n"
+            await exchange.write("".join(parts))
     except LlumctlError as exc:
         status = "failed"
-        yield shapes.sse(json.loads(bytes(error_response(exc).body)))
-        yield "data: [DONE]\n\n"
+        await exchange.write(shapes.sse(json.loads(bytes(error_response(exc).body))))
     finally:
-        # A client that hung up cancels this generator; the abort must still go out.
+        # A client that hung up cancels this; the abort must still go out.
         with anyio.CancelScope(shield=True):
             await stream.close()
         ctrl.finish(record, status)

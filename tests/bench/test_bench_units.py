@@ -202,3 +202,28 @@ def test_overhead_probe_counts_chunks_whose_token_has_no_text() -> None:
     assert (round(ttft, 6), round(tpot, 6)) == (0.5, 0.2)
     with pytest.raises(RuntimeError):
         ttft_tpot(10.0, [10.5], 4)
+
+
+def test_low_load_pair_gives_every_request_its_own_prompt_and_swaps_the_order() -> None:
+    # One prompt sent to both paths in turn let the second find it in the engine's prefix
+    # cache (no prefill), which once made llumctl's hop look ~2.5 ms dearer than it was.
+    import asyncio
+
+    from bench.overhead import OverheadConfig, low_load_pair
+
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def recording(name: str, ttft: float):
+        async def probe(client, prompt: list[int], out: int) -> tuple[float, float]:
+            calls.append((name, tuple(prompt)))
+            return ttft, 0.001 * out
+
+        return probe
+
+    cfg = OverheadConfig(low_requests=4, low_spacing_s=0.0, prompt_tokens=8, output_tokens=3)
+    pair = asyncio.run(low_load_pair(recording("stack", 0.02), recording("direct", 0.01), cfg, 7))
+    assert [name for name, _ in calls] == ["stack", "direct", "direct", "stack"] * 2
+    prompts = [p for _, p in calls]
+    assert len(set(prompts)) == len(prompts) == 8 and all(len(p) == 8 for p in prompts)
+    assert pair["stack"]["ttft_median"] == 0.02 and pair["direct"]["ttft_median"] == 0.01
+    assert pair["direct"]["tpot_median"] == pytest.approx(0.003)

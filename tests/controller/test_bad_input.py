@@ -97,6 +97,29 @@ def test_unknown_route_is_404_in_openai_shape(shared):
     _assert_openai_error(httpx.get(shared.url + "/v1/nothing"), 404, "Not Found")
 
 
+def test_a_generating_endpoint_asked_with_the_wrong_method_is_405(shared):
+    # The generating endpoints are served ahead of FastAPI, which would answer this itself.
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        resp = httpx.get(shared.url + path)
+        _assert_openai_error(resp, 405, "Method Not Allowed")
+        assert resp.headers["allow"] == "POST"
+
+
+def test_openai_endpoints_refuse_a_missing_or_wrong_api_key(controller_factory):
+    proc = controller_factory(models=MODELS, dispatch_timeout_s=1.0, api_keys=["k-1", "k-2"])
+    body = {"model": "m", "prompt": "hi", "max_tokens": 1}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            resp = _post(proc.url, path, json=body, headers=headers)
+            _assert_openai_error(resp, 401, "API key")
+            assert resp.headers["www-authenticate"] == "Bearer"
+        _assert_openai_error(httpx.get(proc.url + "/v1/models", headers=headers), 401, "API key")
+    # Either key passes: the request then fails on the cluster having no instance (503).
+    good = {"Authorization": "Bearer k-2"}
+    assert _post(proc.url, "/v1/completions", json=body, headers=good).status_code == 503
+    assert httpx.get(proc.url + "/v1/models", headers=good).status_code == 200
+
+
 def test_models_lists_configured_models(shared):
     data = httpx.get(shared.url + "/v1/models").json()
     assert [m["id"] for m in data["data"]] == ["m"]

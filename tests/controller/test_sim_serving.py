@@ -18,6 +18,7 @@ from tests.controller.cluster_helpers import SECRET, add_instances, api, wait_fo
 MODEL = "sim-model"
 # The paper's 7B profile, 20x faster than real time.
 FAST = {"speedup": 20.0}
+_ENDED = ("finished", "aborted", "failed")
 
 
 @pytest.fixture
@@ -167,6 +168,26 @@ def test_client_hanging_up_aborts_the_request_on_its_instance(cluster):
     url = next(i["url"] for i in rows if i["id"] == record["instance"])
     on_instance = httpx.get(f"{url}/requests", headers=bearer(SECRET)).json()
     row = next(r for r in on_instance if r["request_id"] == rid)
+    assert row["state"] == "finished" and row["num_output_tokens"] < 5000
+
+
+def test_client_hanging_up_on_a_non_streamed_request_aborts_it(cluster):
+    controller, _, _ = cluster
+    body = {"model": MODEL, "prompt": "long one", "max_tokens": 5000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(controller.url + "/v1/completions", json=body, timeout=1.5)
+    record = wait_for(
+        lambda: next(
+            (r for r in api(controller, "GET", "/api/requests").json() if r["state"] in _ENDED),
+            None,
+        ),
+        what="the request to end",
+    )
+    assert record["state"] == "aborted"
+    rows = api(controller, "GET", "/api/status").json()["instances"]
+    url = next(i["url"] for i in rows if i["id"] == record["instance"])
+    on_instance = httpx.get(f"{url}/requests", headers=bearer(SECRET)).json()
+    row = next(r for r in on_instance if r["request_id"] == record["id"])
     assert row["state"] == "finished" and row["num_output_tokens"] < 5000
 
 
