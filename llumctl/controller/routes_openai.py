@@ -113,7 +113,6 @@ async def _serve(ctrl: Controller, kind: str, exchange: Exchange) -> None:
             ctrl.finish(record, "aborted" if exchange.has_client_left else "failed")
             raise
         if parsed.stream:
-            await exchange.start_stream(_SSE_HEADERS)
             await _sse(ctrl, stream, record, parsed, exchange)
         else:
             response = await _collect(ctrl, stream, record, parsed)
@@ -190,11 +189,13 @@ async def _sse(
     parsed: ParsedRequest,
     exchange: Exchange,
 ) -> None:
-    """Relay the stream as server-sent events, all but the closing `[DONE]`."""
+    """Start the response and relay the stream as server-sent events, all but the
+    closing `[DONE]`; the stream is closed and the request accounted whatever happens."""
     status = "aborted"
     is_first = True
     token = shapes.token_sse(parsed, record.id)
     try:
+        await exchange.start_stream(_SSE_HEADERS)
         # One write per batch that arrived together from the instance.
         async for batch in stream.batches():
             parts: list[str] = []
