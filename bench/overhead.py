@@ -1,15 +1,18 @@
-"""Controller overhead: latency llumctl adds over sending to an engine directly, next to the
-latency vllm-router adds, at low load and at saturation; relayed tokens/s at saturation.
+"""Controller overhead: latency llumctl adds over sending to its engines directly, next to
+the latency vllm-router adds over its own, at low load and at saturation; relayed tokens/s
+at saturation.
 
-Low load: requests one at a time (idle engines), alternating between the stack and its own
-engine addressed directly (llumctl: an instance's API; vllm-router: one of its vLLM
-servers), so each pair sees the same machine: measured minutes apart, as the suite first
-did, the direct engine came out slower than either stack by more than a hop. Each request
-has its own prompt, so no path finds another's in a prefix cache. Both probes time every
-chunk or event that carries a token, text or not (`is_token_chunk`).
-Saturation: `saturated_bursts` bursts of `burst_per_instance` requests per instance at
-once, each metric the median over the bursts; the 3-instance stacks get N times the burst
-of the single directly-addressed vLLM server (phase B), so each engine sees the same load.
+Each stack is measured against its own engines addressed directly (llumctl: the instances'
+API; vllm-router: its vLLM servers), alternating between the two paths with the order
+swapped every round (`pair_order`), so both see the same machine in the same minutes:
+measured apart, as the suite first did, the direct engine came out slower than either stack
+by more than a hop. Every request has its own prompt, so no path finds another's in a
+prefix cache. Both probes time every chunk or event that carries a token, text or not
+(`is_token_chunk`).
+Low load: one request at a time; the direct path is the stack's first engine.
+Saturation: `saturated_bursts` rounds of a burst of `burst_per_instance` requests per
+instance at once, through the stack and spread evenly over the engines directly (request i
+to engine i mod N), each metric the median over the bursts.
 Runs inside the suite (bench/run_all.sh), sharing its engines.
 """
 
@@ -21,15 +24,14 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from llumctl.bench.loadgen import LoadGenerator, prompt_token_ids
-from llumctl.bench.records import BenchRequest
-from llumctl.bench.stats import summarize
+from llumctl.bench.loadgen import prompt_token_ids
+from llumctl.bench.stats import percentile
 
 
 @dataclass(frozen=True)
@@ -40,23 +42,16 @@ class OverheadConfig:
     low_spacing_s: float = 0.6
     prompt_tokens: int = 64
     output_tokens: int = 32
-    burst_per_instance: int = 16
-    # Bursts per stack, reported by their medians: one burst's TPOT median moved 7-28 ms
-    # between identical bursts on one llumctl cluster (2026-11-28), more than the
-    # difference between the stacks.
-    saturated_bursts: int = 3
-
-
-def low_load(cfg: OverheadConfig) -> list[BenchRequest]:
-    return [
-        BenchRequest(i * cfg.low_spacing_s, cfg.prompt_tokens, cfg.output_tokens)
-        for i in range(cfg.low_requests)
-    ]
-
-
-def burst(cfg: OverheadConfig, instances: int) -> list[BenchRequest]:
-    n = cfg.burst_per_instance * instances
-    return [BenchRequest(0.0, cfg.prompt_tokens, cfg.output_tokens) for _ in range(n)]
+    # A burst that fits the engines' KV memory (12 x 3 blocks of 40), so that it
+    # measures the path and not which requests make an engine's first wave: with 16 per
+    # engine (48 blocks), whoever arrived after the first admissions waited for a whole
+    # wave to finish, and llumnix migrated during the burst (2026-11-28).
+    burst_per_instance: int = 12
+    # Bursts per path, reported by their medians: one burst's TTFT median moved 3-4x
+    # between identical bursts on one cluster, through either stack and to the engines
+    # directly alike (2026-11-28), more than the difference between the paths.
+    saturated_bursts: int = 7
+    burst_pause_s: float = 0.5
 
 
 # One streamed request on an idle path: (TTFT, TPOT) in seconds.
@@ -162,33 +157,64 @@ def pair_order(round_index: int) -> tuple[str, str]:
 
 
 def measure(
-    url: str, cfg: OverheadConfig, instances: int, seed: int = 11, direct: Probe | None = None
+    url: str, cfg: OverheadConfig, directs: Sequence[Probe], seed: int = 11
 ) -> dict[str, Any]:
-    """Median TTFT/TPOT at low load; TTFT/TPOT and tokens/s of the bursts (seconds). With
-    `direct`, the low-load medians come from alternating with the engine addressed
-    directly, whose own medians are `low_direct`."""
-    out: dict[str, Any] = {}
-    if direct is not None:
-        pair = asyncio.run(low_load_pair(openai_probe(url), direct, cfg, seed))
-        out["low"], out["low_direct"] = pair["stack"], pair["direct"]
-    else:
-        out["low"] = _phase(url, low_load(cfg), seed)
-    bursts = [_phase(url, burst(cfg, instances), seed + k) for k in range(cfg.saturated_bursts)]
-    out["saturated"] = {**_medians(bursts), "bursts": bursts}
-    return out
-
-
-def _phase(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any]:
-    gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=600.0, seed=seed)
-    records, duration = asyncio.run(gen.run(workload))
-    ok = [r for r in records if r.is_ok]
-    summary = summarize(records, duration)
+    """A stack (OpenAI base URL) against its engines addressed directly (`directs`, one
+    probe per engine): median TTFT/TPOT at low load (`low`, `low_direct`, the first
+    engine), and per-burst figures with their medians at saturation (`saturated`,
+    `saturated_direct`), in seconds."""
+    stack = openai_probe(url)
+    low = asyncio.run(low_load_pair(stack, directs[0], cfg, seed))
+    saturated = asyncio.run(saturated_pair(stack, directs, cfg, seed + 1))
     return {
-        "ttft_median": statistics.median(r.ttft_s for r in ok) if ok else None,
-        "tpot_median": statistics.median(r.tpot_s for r in ok) if ok else None,
-        "ttft_p99": summary["ttft_p99"],
-        "output_tokens_per_s": summary["output_tokens_per_s"],
-        "errors": summary["errors"],
+        "low": low["stack"],
+        "low_direct": low["direct"],
+        "saturated": saturated["stack"],
+        "saturated_direct": saturated["direct"],
+    }
+
+
+async def saturated_pair(
+    stack: Probe, directs: Sequence[Probe], cfg: OverheadConfig, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Bursts of `burst_per_instance` requests per engine at once, through the stack and
+    spread evenly over the engines directly, in turn with the order swapped every round;
+    each path's bursts and their medians (`_medians`)."""
+    rng = random.Random(seed)
+    n = cfg.burst_per_instance * len(directs)
+    paths = {"stack": [stack] * n, "direct": [directs[i % len(directs)] for i in range(n)]}
+    got: dict[str, list[dict[str, Any]]] = {"stack": [], "direct": []}
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        for round_index in range(cfg.saturated_bursts):
+            for name in pair_order(round_index):
+                got[name].append(await _burst(client, paths[name], cfg, rng))
+                await asyncio.sleep(cfg.burst_pause_s)
+    return {name: {**_medians(bursts), "bursts": bursts} for name, bursts in got.items()}
+
+
+async def _burst(
+    client: httpx.AsyncClient, probes: list[Probe], cfg: OverheadConfig, rng: random.Random
+) -> dict[str, Any]:
+    """One burst: every probe at once, each with a prompt of its own."""
+    prompts = [prompt_token_ids(cfg.prompt_tokens, rng) for _ in probes]
+    t0 = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            probe(client, prompt, cfg.output_tokens)
+            for probe, prompt in zip(probes, prompts, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    duration = time.perf_counter() - t0
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    ttfts = [ttft for ttft, _ in ok]
+    return {
+        "ttft_median": statistics.median(ttfts) if ok else None,
+        "tpot_median": statistics.median(tpot for _, tpot in ok) if ok else None,
+        "ttft_p99": percentile(ttfts, 99) if ok else None,
+        "output_tokens_per_s": len(ok) * cfg.output_tokens / duration,
+        "errors": len(results) - len(ok),
     }
 
 
@@ -201,14 +227,11 @@ def _medians(phases: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def added(stack: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
-    """Per phase: the stack's median TTFT/TPOT minus the direct engine's; at low load the
-    engine alternated with, when measured (see the module's docstring)."""
+def added(stack: dict[str, Any]) -> dict[str, Any]:
+    """Per phase: the stack's median TTFT/TPOT minus its engines' addressed directly."""
     result = {}
     for phase in ("low", "saturated"):
-        s, d = stack[phase], direct[phase]
-        if phase == "low" and "low_direct" in stack:
-            d = stack["low_direct"]
+        s, d = stack[phase], stack[f"{phase}_direct"]
         result[phase] = {
             "added_ttft_s": _minus(s["ttft_median"], d["ttft_median"]),
             "added_tpot_s": _minus(s["tpot_median"], d["tpot_median"]),
@@ -236,12 +259,10 @@ def verdict(ours: dict[str, Any], router: dict[str, Any]) -> dict[str, Any]:
     return {"checks": checks, "met": all(v for v in checks.values())}
 
 
-def report(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
-    """Raw measurements of the three paths, added latencies and the verdict."""
-    direct, router = peer["overhead_direct"], peer["overhead_router"]
-    added_ours, added_router = added(ours, direct), added(router, direct)
+def report(ours: dict[str, Any], router: dict[str, Any]) -> dict[str, Any]:
+    """Raw measurements of both stacks and their engines, added latencies and the verdict."""
+    added_ours, added_router = added(ours), added(router)
     return {
-        "direct": direct,
         "llumctl": ours,
         "vllm_router": router,
         "added_llumctl": added_ours,

@@ -106,28 +106,37 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _burst_tpots_line(o: dict[str, Any]) -> str:
-    """Each burst's median TPOT per path: how far one burst is from the next."""
-    parts = []
-    for name, phase in (
+def _burst_lines(o: dict[str, Any]) -> list[str]:
+    """Each burst's median TTFT and TPOT per path: how far one burst is from the next."""
+    paths = (
         ("llumctl", o["llumctl"]["saturated"]),
+        ("its instances directly", o["llumctl"]["saturated_direct"]),
         ("vllm-router", o["vllm_router"]["saturated"]),
-        ("direct", o["direct"]["saturated"]),
-    ):
-        tpots = [_ms(b["tpot_median"]) for b in phase.get("bursts", [])]
-        parts.append(f"{name} {', '.join(tpots) or 'n/a'}")
-    return f"Saturated TPOT median per burst (ms): {'; '.join(parts)}."
+        ("its servers directly", o["vllm_router"]["saturated_direct"]),
+    )
+    lines = []
+    for metric, key in (("TTFT", "ttft_median"), ("TPOT", "tpot_median")):
+        parts = [
+            f"{name} {', '.join(_ms(b[key]) for b in phase.get('bursts', [])) or 'n/a'}"
+            for name, phase in paths
+        ]
+        lines.append(f"Saturated {metric} median per burst (ms): {'; '.join(parts)}.")
+    return lines
 
 
 def overhead_section(suite: dict[str, Any]) -> list[str]:
     o = suite["overhead"]
+    cfg = suite.get("config", {}).get("overhead", {})
+    burst = cfg.get("burst_per_instance", "`burst_per_instance`")
+    rounds = cfg.get("saturated_bursts", "several")
     lines = [
-        "Median TTFT / TPOT (ms); *added* = path minus the engine addressed directly. Low "
-        "load: requests alternate between each stack and its own engine addressed directly "
-        "(llumctl: an instance's API; vllm-router: one of its vLLM servers); a token counts "
-        "when its chunk arrives, text or not. Saturation: against one vLLM server given one "
-        "instance's share of the burst; each figure the median of the bursts' medians "
-        "(TPOT per burst below).",
+        "Median TTFT / TPOT (ms); *added* = path minus its engines addressed directly "
+        "(llumctl: the instances' API; vllm-router: its vLLM servers), the two paths taking "
+        "turns; a token counts when its chunk arrives, text or not. Low load: one request "
+        f"at a time, against the first engine. Saturation: {rounds} rounds of a burst of "
+        f"{burst} requests per engine at once, through the stack and spread evenly over the "
+        "engines directly; each figure the median of the bursts' medians (TTFT and TPOT "
+        "per burst below).",
         "",
         "| phase | path | TTFT | TPOT | direct TTFT | direct TPOT | added TTFT / TPOT |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -144,7 +153,8 @@ def overhead_section(suite: dict[str, Any]) -> list[str]:
                 f"| {_ms(direct['ttft_median'])} | {_ms(direct['tpot_median'])} "
                 f"| {_ms(added['added_ttft_s'])} / {_ms(added['added_tpot_s'])} |"
             )
-    lines += ["", _burst_tpots_line(o)]
+    for line in _burst_lines(o):
+        lines += ["", line]
     lines += [
         "",
         f"Relayed output tokens/s through llumctl at saturation: "
@@ -159,10 +169,7 @@ def _overhead_pair(
     o: dict[str, Any], key: str, phase: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(path, direct) medians behind one added latency (`bench.overhead.added`)."""
-    stack = o[key]
-    if phase == "low" and "low_direct" in stack:
-        return stack["low"], stack["low_direct"]
-    return stack[phase], o["direct"][phase]
+    return o[key][phase], o[key][f"{phase}_direct"]
 
 
 def scale_section(suite: dict[str, Any]) -> list[str]:

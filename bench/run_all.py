@@ -5,9 +5,9 @@ Phases, each stack started once and stopped by PID (or `llumctl down`) before th
      `infaas++`, controller overhead through llumctl, the fidelity workload (3 times), how
      the co-located instances slow each other (`llumctl profile --co-located N`), then
      `llumctl profile` through the controller with all but one instance drained.
-  B. N plain vLLM servers: vllm-router with each policy; overhead direct and through
-     vllm-router. At low load each stack's overhead is measured against its own engine
-     addressed directly, alternating requests (bench/overhead.py).
+  B. N plain vLLM servers: vllm-router with each policy; overhead through vllm-router.
+     Each stack's overhead is measured against its own engines addressed directly,
+     alternating between the two paths (bench/overhead.py).
   C. Scale: 64 sim-engine instances through the controller; the pure policy at 1,000.
   D. Fidelity: the simulator with the measured profile on the phase-A workload.
 Writes bench/results/side_by_side.json, suite.json, profile-vllm-cpu-tiny.toml and
@@ -54,11 +54,11 @@ def phase_llumctl(
 ) -> dict[str, Any]:
     def extra(cluster: Any) -> dict[str, Any]:
         cluster.set_policy("llumnix")
-        instance_url = cluster.status()["instances"][0]["url"]
-        direct = overhead.instance_probe(instance_url, cluster.secret)
-        out: dict[str, Any] = {
-            "overhead": overhead.measure(cluster.url, ovh, sbs.instances, seed=21, direct=direct)
-        }
+        directs = [
+            overhead.instance_probe(instance["url"], cluster.secret)
+            for instance in cluster.status()["instances"]
+        ]
+        out: dict[str, Any] = {"overhead": overhead.measure(cluster.url, ovh, directs, seed=21)}
         print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
         runs = [fidelity.real_run(cluster.url, fid) for _ in range(fidelity.RUNS)]
         out["fidelity_runs"] = [fidelity.measured(r) for r in runs]
@@ -84,16 +84,12 @@ def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path) -> dict[str, A
     from bench.common import engines
 
     def extra(servers: list[Any]) -> dict[str, Any]:
-        direct = overhead.measure(servers[0].url, ovh, 1, seed=31)
         router = engines.start_router(servers, "round_robin", work / "logs")
         try:
-            direct_probe = overhead.openai_probe(servers[0].url)
-            via_router = overhead.measure(
-                router.url, ovh, sbs.instances, seed=41, direct=direct_probe
-            )
+            directs = [overhead.openai_probe(server.url) for server in servers]
+            return {"overhead_router": overhead.measure(router.url, ovh, directs, seed=41)}
         finally:
             stop(router)
-        return {"overhead_direct": direct, "overhead_router": via_router}
 
     return side_by_side.run_router(sbs, model_dir, work, extra=extra)
 
@@ -107,7 +103,7 @@ def assemble(parts: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     if results:
         suite["side_by_side"] = {"results": results, "verdict": side_by_side.verdict(results)}
     if extra_a and extra_b:
-        suite["overhead"] = overhead.report(extra_a["overhead"], extra_b)
+        suite["overhead"] = overhead.report(extra_a["overhead"], extra_b["overhead_router"])
     if extra_a:
         fid = base["config"]["fidelity"]
         instances = base["config"]["side_by_side"].instances
