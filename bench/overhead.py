@@ -151,8 +151,9 @@ async def low_load_pair(
 
 
 def pair_order(round_index: int) -> tuple[str, str]:
-    """Which path goes first in a low-load round: each in turn, so whatever the first
-    request after a pause pays falls on both alike."""
+    """Which path goes first in a round (one request each at low load, one burst each at
+    saturation): each in turn, so whatever the first after a pause pays falls on both
+    alike."""
     return ("stack", "direct") if round_index % 2 == 0 else ("direct", "stack")
 
 
