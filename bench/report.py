@@ -126,17 +126,15 @@ def _burst_lines(o: dict[str, Any]) -> list[str]:
 
 def overhead_section(suite: dict[str, Any]) -> list[str]:
     o = suite["overhead"]
-    cfg = suite.get("config", {}).get("overhead", {})
-    burst = cfg.get("burst_per_instance", "`burst_per_instance`")
-    rounds = cfg.get("saturated_bursts", "several")
+    cfg = suite["config"]["overhead"]
     lines = [
         "Median TTFT / TPOT (ms); *added* = path minus its engines addressed directly "
         "(llumctl: the instances' API; vllm-router: its vLLM servers), the two paths taking "
         "turns; a token counts when its chunk arrives, text or not. Low load: one request "
-        f"at a time, against the first engine. Saturation: {rounds} rounds of a burst of "
-        f"{burst} requests per engine at once, through the stack and spread evenly over the "
-        "engines directly; each figure the median of the bursts' medians (TTFT and TPOT "
-        "per burst below).",
+        f"at a time, against the first engine. Saturation: {cfg['saturated_bursts']} rounds "
+        f"of a burst of {cfg['burst_per_instance']} requests per engine at once, through "
+        "the stack and spread evenly over the engines directly; each figure the median of "
+        "the bursts' medians (TTFT and TPOT per burst below).",
         "",
         "| phase | path | TTFT | TPOT | direct TTFT | direct TPOT | added TTFT / TPOT |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -146,7 +144,7 @@ def overhead_section(suite: dict[str, Any]) -> list[str]:
             ("llumctl", "llumctl", "added_llumctl"),
             ("vllm-router", "vllm_router", "added_vllm_router"),
         ):
-            path, direct = _overhead_pair(o, key, phase)
+            path, direct = o[key][phase], o[key][f"{phase}_direct"]
             added = o[added_key][phase]
             lines.append(
                 f"| {phase} | {name} | {_ms(path['ttft_median'])} | {_ms(path['tpot_median'])} "
@@ -163,13 +161,6 @@ def overhead_section(suite: dict[str, Any]) -> list[str]:
         f"({', '.join(f'{k}: {_met(v)}' for k, v in o['verdict']['checks'].items())}).",
     ]
     return lines
-
-
-def _overhead_pair(
-    o: dict[str, Any], key: str, phase: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(path, direct) medians behind one added latency (`bench.overhead.added`)."""
-    return o[key][phase], o[key][f"{phase}_direct"]
 
 
 def scale_section(suite: dict[str, Any]) -> list[str]:
