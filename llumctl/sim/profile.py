@@ -34,7 +34,7 @@ by fitting these coefficients (e.g. from `llumctl profile`) and setting its capa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 
@@ -89,6 +89,15 @@ class LatencyProfile:
             return 0.0
         return extra[min(num_busy, len(extra)) - 1]
 
+    def scaled(self, factor: float) -> LatencyProfile:
+        """This profile on a machine whose steps take `factor` times as long: every time
+        term scaled, capacity and the co-located slowdown (a ratio) unchanged."""
+        if factor <= 0:
+            raise ProfileError(f"a speed factor must be positive, got {factor!r}")
+        times = {f.name: getattr(self, f.name) * factor for f in fields(self) if _is_time(f.name)}
+        extra = tuple(ms * factor for ms in self.co_located_first_token_ms)
+        return replace(self, **times, co_located_first_token_ms=extra)
+
     @property
     def block_bytes(self) -> int:
         return self.kv_bytes_per_token * self.block_size_tokens
@@ -104,6 +113,10 @@ class LatencyProfile:
             default = getattr(cls(), key)
             values[key] = _coerce_profile_value(key, value, type(default))
         return cls(**values)
+
+
+def _is_time(key: str) -> bool:
+    return key.endswith("_ms") and key != "co_located_first_token_ms"
 
 
 def _coerce_profile_value(key: str, value: Any, kind: type) -> Any:

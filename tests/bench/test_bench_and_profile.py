@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,11 @@ def test_profile_writes_a_simulator_profile(openai_server, tmp_path: Path) -> No
     assert profile.decode_ms(4, 1000) > 0 and profile.prefill_ms(256) > 0
     assert result["transfer_gbps"] > 0
     assert data == {k: v for k, v in result["profile"].items()} | {"name": "tiny-cpu"}
+    # The speed probe, taken at the start and at the end (2 rounds each when quick).
+    probes = result["speed_probe_points_ms"]
+    assert len(probes) == 4 and all(ms > 0 for ms in probes)
+    assert min(probes) <= result["speed_probe_ms"] <= max(probes)
+    assert f"# Speed probe: {result['speed_probe_ms']:.2f} ms per token" in out_file.read_text()
 
 
 def test_profile_co_located_points_go_into_the_profile(openai_server, tmp_path: Path) -> None:
@@ -218,3 +224,27 @@ def test_overhead_probes_alternate_a_stack_with_its_engine(openai_server, vllm_i
         tpots = sorted(b["tpot_median"] for b in bursts)
         assert out[path]["tpot_median"] == pytest.approx(sum(tpots) / 2)
         assert out[path]["output_tokens_per_s"] > 0
+
+
+def _prefix_cache_hit_tokens(url: str) -> float:
+    import httpx
+
+    metrics = httpx.get(f"{url.removesuffix('/v1')}/metrics", timeout=10).text
+    lines = [ln for ln in metrics.splitlines() if ln.startswith("vllm:prefix_cache_hits_total")]
+    assert lines, "the engine reports no prefix cache hits metric"
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+
+def test_fidelity_runs_are_probed_around_and_never_share_prompts(openai_server) -> None:
+    from bench.fidelity import SPEED_PROBE_ROUNDS, FidelityConfig, real_runs, speed_factor
+
+    # Prompts of at least one KV block (32 tokens): a repeated one would hit the cache.
+    cfg = FidelityConfig(requests=3, rate=20.0, seed=8, max_prompt=96, max_output=8)
+    assert all(r.num_prompt_tokens >= 32 for r in cfg.workload())
+    hits = _prefix_cache_hit_tokens(openai_server.url)
+    runs, probes = real_runs(openai_server.url.removesuffix("/v1"), cfg, runs=2)
+    assert [len(run) for run in runs] == [3, 3] and all(r.is_ok for run in runs for r in run)
+    # Each run has its own prompt ids, and so has every probe: nothing came from the cache.
+    assert _prefix_cache_hit_tokens(openai_server.url) == hits
+    assert len(probes) == 3 * SPEED_PROBE_ROUNDS and all(ms > 0 for ms in probes)
+    assert speed_factor(probes, 2 * statistics.median(probes)) == pytest.approx(0.5)

@@ -54,6 +54,13 @@ def test_relative_error() -> None:
     assert relative_error(0.0, 0.0) == 0.0 and math.isinf(relative_error(1.0, 0.0))
 
 
+def test_speed_factor_is_the_real_probes_median_over_the_profiles() -> None:
+    from bench.fidelity import speed_factor
+
+    assert speed_factor([8.0, 12.0, 10.0], 5.0) == 2.0
+    assert speed_factor([6.0, 7.0], 10.0) == pytest.approx(0.65)
+
+
 def test_kv_blocks_from_vllm_metrics() -> None:
     text = (
         "# HELP vllm:cache_config_info x\n"
