@@ -227,7 +227,7 @@ def _speed_line(speed: dict[str, Any]) -> list[str]:
     profile = ", ".join(f"{ms:.2f}" for ms in speed["profile_probes_ms"])
     return [
         "",
-        "The machine's speed drifts by 10-25% within minutes, and the profile is measured "
+        "A shared machine's speed can drift by 10% or more within minutes, and the profile is measured "
         "after the real runs: a lone reference decode (a 32-token prompt, 64 tokens out) "
         f"took {speed['profile_probe_ms']:.2f} ms per token while profiling (median of "
         f"{profile}) and {statistics.median(speed['real_probes_ms']):.2f} ms next to the real runs "

@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -210,3 +211,19 @@ def _is_idle(inst: InstanceProc) -> bool:
         and not load["num_migrating_out"]
         and load["num_used_blocks"] <= 1
     )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Why each rerun test failed the first time (its traceback's tail and what it
+    printed): a test that passes on its one rerun must still leave its first failure in
+    the CI log."""
+    reruns = terminalreporter.stats.get("rerun", [])
+    if not reruns:
+        return
+    terminalreporter.section("first failures of rerun tests")
+    for report in reruns:
+        terminalreporter.write_line(f"--- {report.nodeid} ({report.when})")
+        terminalreporter.write_line(str(report.longreprtext)[-3000:])
+        for name, text in report.sections:
+            if name.startswith("Captured stdout") and text.strip():
+                terminalreporter.write_line(f"{name}:\n{text[-3000:]}")

@@ -4,8 +4,10 @@ processes, real llumlets; only the engine is simulated."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -70,7 +72,8 @@ def test_autoscaling_grows_under_load_and_shrinks_by_draining(controller_factory
         sampler = pool.submit(_sample_sizes, controller, sizes, done)
         try:
             bursts = [pool.submit(burst, i) for i in range(40)]
-            wait_for(lambda: len(_live(controller)) >= 3, timeout_s=120, what="growth")
+            with _dump_on_failure(controller, sizes):
+                wait_for(lambda: len(_live(controller)) >= 3, timeout_s=120, what="growth")
             burst_results = [b.result() for b in bursts]
             # Long requests sent once the burst is over: the grown cluster is idle, so they
             # spread over its instances (sent during the burst they would all go to the one
@@ -88,17 +91,8 @@ def test_autoscaling_grows_under_load_and_shrinks_by_draining(controller_factory
     assert all(r.usage.completion_tokens == 800 for r in tail_results)
     ups = _events(controller, "scale-up")
     assert ups and peak > 1, "the cluster did not grow under load"
-    try:
+    with _dump_on_failure(controller, sizes):
         wait_for(lambda: len(_live(controller)) == 1, timeout_s=90, what="scale back to one")
-    except AssertionError:
-        status = api(controller, "GET", "/api/status").json()
-        print(json.dumps([status["instances"], status["requests"]], indent=1))
-        print(
-            json.dumps(
-                _events(controller, "scale-down") + _events(controller, "migration")[-10:], indent=1
-            )
-        )
-        raise
     downs = _events(controller, "scale-down")
     stopped = [e for e in downs if e["phase"] == "stopped"]
     assert len(stopped) == len(ups), "every instance started was drained and stopped"
@@ -109,6 +103,22 @@ def test_autoscaling_grows_under_load_and_shrinks_by_draining(controller_factory
     )
     health = httpx.get(agent.url + "/health", headers=bearer(SECRET)).json()
     assert len(health["instances"]) == 1
+
+
+@contextlib.contextmanager
+def _dump_on_failure(controller, sizes: list[int]) -> Iterator[None]:
+    """A failed wait prints what the cluster did (its sizes over time, instances, requests,
+    scaling and the last migrations), so a rare failure explains itself in the CI log."""
+    try:
+        yield
+    except AssertionError:
+        status = api(controller, "GET", "/api/status").json()
+        print("cluster sizes sampled every 0.2 s:", sizes)
+        print(json.dumps([status["instances"], status["requests"]], indent=1))
+        kinds = ("scale-up", "scale-down")
+        events = [e for kind in kinds for e in _events(controller, kind)]
+        print(json.dumps(events + _events(controller, "migration")[-10:], indent=1))
+        raise
 
 
 def _sample_sizes(controller, sizes: list[int], done: threading.Event) -> None:
