@@ -118,6 +118,30 @@ async def test_migration_primitives_keep_the_output():
     assert ids == reference[0] and text == reference[1]
 
 
+async def test_a_stop_cuts_at_what_the_reader_took_not_at_what_steps_produced():
+    # A busy instance's reader lags its engine: tokens wait unread when the stop comes.
+    # The stop must cut at the tokens the reader took (the stream's), or the destination
+    # would resume past tokens the client never got (the migration asserted and the
+    # request hung).
+    engine = await _started()
+    try:
+        prepared = await engine.prepare(
+            GenerateRequest("r1", prompt="lag", sampling=SamplingParams(200))
+        )
+        outputs = engine.generate(prepared)
+        taken = list((await outputs.__anext__()).token_ids)
+        while len(taken) < 3:
+            taken += (await outputs.__anext__()).token_ids
+        await asyncio.sleep(0.1)  # ~150 steps at 50x: produced, not read
+        stopped = await engine.stop("r1")
+        assert stopped.output_token_ids == tuple(taken)
+        assert [out async for out in outputs] == []  # the unread tokens are dropped
+        await engine.release("r1")
+        assert engine.load().num_used_blocks == 0
+    finally:
+        await engine.shutdown()
+
+
 async def test_reserve_without_room_is_refused():
     engine = await _started(SMALL)
     try:

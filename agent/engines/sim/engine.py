@@ -44,8 +44,12 @@ class _Live:
 
     req: SimRequest
     prompt_ids: tuple[int, ...]
+    # Output tokens the reader has taken (what the instance's stream holds): a stop for
+    # migration cuts here, not at what the steps produced, which may wait in `outputs`.
     delivered: list[int]
     stop: tuple[str, ...]
+    # Output tokens the steps produced (each token follows from its index).
+    num_produced: int = 0
     outputs: asyncio.Queue[EngineOutput] = field(default_factory=asyncio.Queue)
     text: str = ""
     is_stopped: bool = False
@@ -142,7 +146,9 @@ class SimEngine(Engine):
             arrival_time=time.monotonic(),
         )
         req.num_generated = len(previous)
-        live = _Live(req, request.prompt_token_ids, list(previous), request.sampling.stop)
+        live = _Live(
+            req, request.prompt_token_ids, list(previous), request.sampling.stop, len(previous)
+        )
         live.text = "".join(tokens.token_text(t) for t in previous)
         self._live[rid] = live
         self._wake.set()
@@ -152,9 +158,12 @@ class SimEngine(Engine):
         try:
             while True:
                 out = await live.outputs.get()
+                if live.is_stopped:
+                    return  # what waits unread is dropped: the migration resumes from it
                 if out.token_ids or out.finish_reason:
+                    live.delivered.extend(out.token_ids)
                     yield out
-                if out.finish_reason is not None or live.is_stopped:
+                if out.finish_reason is not None:
                     return
         finally:
             if self._live.get(live.req.request_id) is live and not live.is_stopped:
@@ -206,10 +215,9 @@ class SimEngine(Engine):
                     self._deliver(live, is_last=id(req) in finished)
 
     def _deliver(self, live: _Live, *, is_last: bool) -> None:
-        index = len(live.delivered)
-        token = tokens.output_token(live.prompt_ids, index)
+        token = tokens.output_token(live.prompt_ids, live.num_produced)
         text = tokens.token_text(token)
-        live.delivered.append(token)
+        live.num_produced += 1
         live.text += text
         self._num_generated += 1
         reason = "length" if is_last else None
