@@ -12,8 +12,8 @@ times and the simulation is compared with their median; how far they differ is t
 floor no model can beat. Each run sends its own prompt ids (same lengths and arrival
 times), so vLLM's prefix cache never carries a prompt from one run into the next.
 
-This machine's speed can drift by 10% or more within minutes, and the profile is measured minutes
-after the real runs. So the profile's speed probe (a lone reference decode) is taken
+This machine's speed can drift by 10% or more within minutes, and the profile is
+measured minutes after the real runs. So the profile's speed probe (a lone reference decode) is taken
 again before every real run and after the last, and the simulation is compared twice:
 with the profile as measured, and with its times scaled by how much slower or faster
 the probe was next to the real runs (`LatencyProfile.scaled`). The second is the model's

@@ -13,8 +13,8 @@ never shortcuts a prefill.
 Speed probe: a lone reference decode (a 32-token prompt, 64 tokens out), timed per output
 token at the start and at the end of the profile. A shared machine's speed can drift by
 10% or more within minutes; the same probe taken later, next to a real run, says how much
-faster or slower the machine is then (`LatencyProfile.scaled`), so a comparison with the simulator
-can tell the model's error from the machine's drift.
+faster or slower the machine is then (`LatencyProfile.scaled`), so a comparison with the
+simulator can tell the model's error from the machine's drift.
 
 Co-located (optional): through an endpoint that spreads simultaneous requests over N
 instances of the profiled engine's host (a llumctl controller with all of them serving),
