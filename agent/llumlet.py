@@ -34,8 +34,8 @@ from typing import Any
 
 import aiohttp
 
-from agent.engines.base import Engine, PreparedRequest
-from agent.streams import StreamRegistry
+from agent.engines.base import Engine, PreparedRequest, StoppedRequest
+from agent.streams import RequestStream, StreamRegistry
 from agent.transfer import KvSender, KvTransport
 from llumctl.errors import ConnectionFailed, LlumctlError, MigrationError, NotFoundError
 from llumctl.policy.freeness import blocks_for_tokens
@@ -147,6 +147,42 @@ class MigrationSource:
             return migration.result("aborted", reason=reason)
         finally:
             self.migrating.discard(request_id)
+
+
+def cut_at_stream(
+    stopped: StoppedRequest, stream: RequestStream, block_size: int
+) -> StoppedRequest:
+    """The stop as the client sees it: R's outputs up to the end of its stream here.
+
+    The stream, not the engine, holds what the client has read or will read, and the
+    destination must continue right after its last token. Engines cut at the tokens their
+    reader took, so the two agree; should an engine cut elsewhere (the sim engine once
+    cut at the tokens its steps produced), the stream wins and the staged blocks stop at
+    the cut, rather than the migration failing after the stop or the controller splicing
+    a gap or a repeat into the client's stream.
+    """
+    outputs = tuple(stopped.output_token_ids[: stream.first_index]) + tuple(stream.token_ids())
+    if outputs == stopped.output_token_ids:
+        return stopped
+    log.warning(
+        "request %s: the engine stopped at %d output tokens, its stream holds %d; "
+        "cutting at the stream",
+        stopped.request_id, len(stopped.output_token_ids), len(outputs),
+    )  # fmt: skip
+    # A block is copied only if every token it holds is one the destination resumes with,
+    # and never the block of the last token (its KV is computed by the next step).
+    engine_outputs = stopped.output_token_ids
+    num_same = next(
+        (i for i, (a, b) in enumerate(zip(outputs, engine_outputs, strict=False)) if a != b),
+        min(len(outputs), len(engine_outputs)),
+    )
+    num_prompt = len(stopped.prompt_token_ids)
+    num_full = min(
+        stopped.num_full_blocks,
+        (num_prompt + num_same) // block_size,
+        (num_prompt + len(outputs) - 1) // block_size,
+    )
+    return replace(stopped, output_token_ids=outputs, num_full_blocks=num_full)
 
 
 class _Migration:
@@ -270,8 +306,9 @@ class _Migration:
         t_stop = time.perf_counter()
         stopped = await engine.stop(self.rid)
         t_stopped = time.perf_counter()
+        spec = getattr(engine, "spec", None)
+        stopped = cut_at_stream(stopped, stream, spec.block_size_tokens if spec else 16)
         self.at = len(stopped.output_token_ids)
-        assert self.at == stream.next_index, "stop must cut at the delivered tokens"
         num_staged = stopped.num_full_blocks if self.mode != "recompute" else 0
         try:
             if self.mode != "recompute":
