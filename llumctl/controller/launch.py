@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ import httpx
 
 from llumctl.controller.config import ControllerConfig
 from llumctl.errors import ConnectionFailed
-from llumctl.listen import bind_tcp, server_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -115,34 +113,3 @@ def spawn_controller(
         handle.stop()
         raise
     return handle
-
-
-class ThreadedController:
-    """A controller served by uvicorn on a background thread of this process."""
-
-    def __init__(self, config: ControllerConfig) -> None:
-        import uvicorn
-
-        from llumctl.controller.app import create_app
-
-        self.config = config
-        self.app = create_app(config)
-        self.controller = self.app.app.state.controller
-        self._server = uvicorn.Server(server_config(self.app, config.host, config.port))
-        sockets = [bind_tcp(config.host, config.port)]
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": sockets}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
-
-    def start(self, timeout_s: float = 15.0) -> ThreadedController:
-        self._thread.start()
-        wait_healthy(self.url, timeout_s)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(15)

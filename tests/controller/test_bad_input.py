@@ -105,6 +105,14 @@ def test_a_generating_endpoint_asked_with_the_wrong_method_is_405(shared):
         assert resp.headers["allow"] == "POST"
 
 
+def test_a_trailing_slash_names_the_same_generating_endpoint(shared):
+    # Served by the same handler (before, it fell through to the app: a 404).
+    for path in ("/v1/completions/", "/v1/chat/completions/"):
+        resp = _post(shared.url, path, content=b"{}")
+        _assert_openai_error(resp, 400, "'model' is required")
+        _assert_openai_error(httpx.get(shared.url + path), 405, "Method Not Allowed")
+
+
 def test_openai_endpoints_refuse_a_missing_or_wrong_api_key(controller_factory):
     proc = controller_factory(models=MODELS, dispatch_timeout_s=1.0, api_keys=["k-1", "k-2"])
     body = {"model": "m", "prompt": "hi", "max_tokens": 1}
