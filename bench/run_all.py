@@ -63,8 +63,9 @@ def phase_llumctl(
         out: dict[str, Any] = {"overhead": overhead.measure(cluster.url, ovh, directs, seed=21)}
         print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
         runs, out["fidelity_speed_probes_ms"] = fidelity.real_runs(cluster.url, fid)
-        out["fidelity_runs"] = [fidelity.measured(r) for r in runs]
-        out["fidelity_errors"] = sum(1 for run in runs for r in run if not r.is_ok)
+        out["fidelity_runs"] = [fidelity.measured(run.records) for run in runs]
+        out["fidelity_unstalled_runs"] = [fidelity.measured_unstalled(run) for run in runs]
+        out["fidelity_errors"] = sum(1 for run in runs for r in run.records if not r.is_ok)
         print(f"fidelity real: {json.dumps(out['fidelity_runs'])}", flush=True)
         co_located = fidelity.co_located_points(cluster.url, sbs.instances, quick)
         print(f"co-located: {json.dumps(co_located)}", flush=True)
@@ -127,9 +128,12 @@ def _fidelity(extra_a: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
         return fidelity.compare(extra_a["fidelity_runs"], sim)
 
     as_measured = compared(1.0)
+    verdict = compared(factor)
     return {
-        **compared(factor),
+        **verdict,
         "as_measured": {k: as_measured[k] for k in ("sim", "relative_error", "worst", "met")},
+        # Diagnostic: the same simulation against the requests no client stall touched.
+        "unstalled": _unstalled(extra_a.get("fidelity_unstalled_runs"), verdict["sim"]),
         "speed": {
             "factor": factor,
             "real_probes_ms": probes,
@@ -139,6 +143,15 @@ def _fidelity(extra_a: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
         "real_errors": extra_a["fidelity_errors"],
         "profile": profile,
     }
+
+
+def _unstalled(runs: list[dict[str, Any]] | None, sim: dict[str, float]) -> dict[str, Any]:
+    if not runs:
+        return {}
+    result = fidelity.compare(runs, sim)
+    result["kept"] = [{k: run[k] for k in ("num_ttft", "num_tpot")} for run in runs]
+    result["stalled_s"] = [run["stalled_s"] for run in runs]
+    return result
 
 
 def save(parts: dict[str, Any], base: dict[str, Any], start: float) -> Path:

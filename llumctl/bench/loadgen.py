@@ -46,6 +46,9 @@ class LoadGenerator:
         self.timeout_s = timeout_s
         self.seed = seed
         self.extra_body = dict(extra_body or {})
+        # `time.perf_counter()` when the last run started: records' `arrival_s` (when each
+        # request left) counts from it.
+        self.run_started_at = 0.0
 
     async def run(
         self,
@@ -59,7 +62,7 @@ class LoadGenerator:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         timeout = httpx.Timeout(self.timeout_s, connect=10.0)
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-            start = time.perf_counter()
+            start = self.run_started_at = time.perf_counter()
 
             async def one(i: int) -> RequestRecord:
                 delay = start + requests[i].arrival_s - time.perf_counter()

@@ -243,8 +243,29 @@ def test_fidelity_runs_are_probed_around_and_never_share_prompts(openai_server) 
     assert all(r.num_prompt_tokens >= 32 for r in cfg.workload())
     hits = _prefix_cache_hit_tokens(openai_server.url)
     runs, probes = real_runs(openai_server.url.removesuffix("/v1"), cfg, runs=2)
-    assert [len(run) for run in runs] == [3, 3] and all(r.is_ok for run in runs for r in run)
+    assert [len(run.records) for run in runs] == [3, 3]
+    assert all(r.is_ok for run in runs for r in run.records)
+    assert all(isinstance(run.stalls, list) for run in runs)
     # Each run has its own prompt ids, and so has every probe: nothing came from the cache.
     assert _prefix_cache_hit_tokens(openai_server.url) == hits
     assert len(probes) == 3 * SPEED_PROBE_ROUNDS and all(ms > 0 for ms in probes)
     assert speed_factor(probes, 2 * statistics.median(probes)) == pytest.approx(0.5)
+
+
+def test_records_send_times_count_from_the_runs_recorded_start(openai_server) -> None:
+    # The fidelity bench puts the client's stalls (perf_counter) on the records' clock
+    # through `run_started_at`.
+    import asyncio
+    import time
+
+    from llumctl.bench.loadgen import LoadGenerator
+    from llumctl.bench.records import BenchRequest
+
+    gen = LoadGenerator(openai_server.url, "tiny", seed=77)
+    before = time.perf_counter()
+    records, _ = asyncio.run(gen.run([BenchRequest(0.0, 8, 2), BenchRequest(0.3, 8, 2)]))
+    after = time.perf_counter()
+    assert all(r.is_ok for r in records)
+    sent = [gen.run_started_at + r.arrival_s for r in records]
+    assert before <= sent[0] < sent[1] <= after
+    assert sent[1] - sent[0] >= 0.3

@@ -61,6 +61,28 @@ def test_speed_factor_is_the_real_probes_median_over_the_profiles() -> None:
     assert speed_factor([6.0, 7.0], 10.0) == pytest.approx(0.65)
 
 
+def test_unstalled_keeps_each_timing_only_where_no_stall_of_the_client_overlaps_it() -> None:
+    from bench.fidelity import RealRun, measured_unstalled
+
+    def rec(index: int, sent: float, ttft: float, tpot: float, e2e: float) -> RequestRecord:
+        return RequestRecord(index, sent, 10, 5, 5, 0, ttft, tpot, e2e)
+
+    records = [
+        rec(0, 0.0, 0.1, 0.01, 0.14),  # wait 0.0-0.1, decode 0.1-0.14: untouched
+        rec(1, 1.0, 0.5, 0.02, 0.58),  # wait 1.0-1.5 holds the stall at 1.2
+        rec(2, 2.0, 0.1, 0.30, 1.3),  # decode 2.1-3.3 holds the stall at 3.0
+        rec(3, 3.4, 0.2, 0.04, 0.36),  # untouched (starts after the stall ends)
+        RequestRecord(4, 0.0, 10, 5, 0, 0, -1.0, -1.0, -1.0, error="HTTP 500"),
+    ]
+    run = RealRun(records, stalls=[(1.2, 1.3), (3.0, 3.4)])
+    got = measured_unstalled(run)
+    assert (got["num_ttft"], got["num_tpot"]) == (3, 3)
+    assert got["ttft_mean"] == pytest.approx((0.1 + 0.1 + 0.2) / 3)
+    assert got["tpot_mean"] == pytest.approx((0.01 + 0.02 + 0.04) / 3)
+    assert got["tpot_p99"] == pytest.approx(percentile([0.01, 0.02, 0.04], 99))
+    assert got["stalled_s"] == pytest.approx(0.5)
+
+
 def test_kv_blocks_from_vllm_metrics() -> None:
     text = (
         "# HELP vllm:cache_config_info x\n"
