@@ -39,6 +39,14 @@ def server_config(app: Any, host: str, port: int) -> Any:
     """The uvicorn config every llumctl daemon serves with (one place for its settings)."""
     import uvicorn
 
+    # lifespan="on": the apps start their background work (the controller's policy loop)
+    # in the lifespan; uvicorn's default ("auto") logs a failing lifespan at info level and
+    # serves on without it, a daemon that answers but never acts. This fails the start.
     return uvicorn.Config(
-        app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_S,
+        lifespan="on",
     )

@@ -123,10 +123,12 @@ class AsgiFront:
         self._error_response = error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # A trailing slash names the same endpoint (vLLM's FastAPI redirects it; the
-        # controller's app behind this front does not know these paths at all).
-        path = scope["path"].rstrip("/") or "/"
-        handler = self._routes.get(path) if scope["type"] == "http" else None
+        handler = None
+        if scope["type"] == "http":
+            # A trailing slash names the same endpoint (vLLM's FastAPI redirects it; the
+            # controller's app behind this front does not know these paths at all).
+            # Only http scopes have a path: the lifespan scope must reach the app as is.
+            handler = self._routes.get(scope["path"].rstrip("/") or "/")
         if handler is None:
             await self.app(scope, receive, send)
             return

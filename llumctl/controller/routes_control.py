@@ -33,7 +33,14 @@ def register(app: FastAPI, ctrl: Controller) -> None:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "instances": len(ctrl.state.live()), "policy": ctrl.policy.name}
+        # policy_ticks: the policy loop runs (it lives in the app's lifespan, which a
+        # server could skip); a monitor sees it grow once per policy period.
+        return {
+            "status": "ok",
+            "instances": len(ctrl.state.live()),
+            "policy": ctrl.policy.name,
+            "policy_ticks": ctrl.loop.num_ticks,
+        }
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -3,6 +3,8 @@ control API refuses a missing or wrong secret with 401 without doing anything.""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -111,6 +113,19 @@ def test_a_trailing_slash_names_the_same_generating_endpoint(shared):
         resp = _post(shared.url, path, content=b"{}")
         _assert_openai_error(resp, 400, "'model' is required")
         _assert_openai_error(httpx.get(shared.url + path), 405, "Method Not Allowed")
+
+
+def test_the_policy_loop_runs_behind_the_front(shared):
+    # The loop lives in the app's lifespan, which the front must pass through: a front
+    # that failed on the lifespan scope left a controller that served and never acted.
+    def ticks() -> int:
+        return int(httpx.get(shared.url + "/health").json()["policy_ticks"])
+
+    first = ticks()
+    deadline = time.monotonic() + 30
+    while ticks() <= first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ticks() > first, "the policy loop never ticked"
 
 
 def test_openai_endpoints_refuse_a_missing_or_wrong_api_key(controller_factory):
