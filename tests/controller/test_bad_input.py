@@ -3,13 +3,12 @@ control API refuses a missing or wrong secret with 401 without doing anything.""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
 from llumctl.controller.config import config_from_dict
 from llumctl.controller.launch import free_port, spawn_controller
+from tests.controller.cluster_helpers import wait_for
 
 SECRET = "test-secret"  # the controller_factory default
 
@@ -122,10 +121,7 @@ def test_the_policy_loop_runs_behind_the_front(shared):
         return int(httpx.get(shared.url + "/health").json()["policy_ticks"])
 
     first = ticks()
-    deadline = time.monotonic() + 30
-    while ticks() <= first and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert ticks() > first, "the policy loop never ticked"
+    wait_for(lambda: ticks() > first, what="a policy tick")
 
 
 def test_openai_endpoints_refuse_a_missing_or_wrong_api_key(controller_factory):
