@@ -149,9 +149,7 @@ class MigrationSource:
             self.migrating.discard(request_id)
 
 
-def cut_at_stream(
-    stopped: StoppedRequest, stream: RequestStream, block_size: int
-) -> StoppedRequest:
+def cut_at_stream(stopped: StoppedRequest, stream: RequestStream) -> StoppedRequest:
     """The stop as the client sees it: R's outputs up to the end of its stream here.
 
     The stream, not the engine, holds what the client has read or will read, and the
@@ -169,20 +167,16 @@ def cut_at_stream(
         "cutting at the stream",
         stopped.request_id, len(stopped.output_token_ids), len(outputs),
     )  # fmt: skip
-    # A block is copied only if every token it holds is one the destination resumes with,
-    # and never the block of the last token (its KV is computed by the next step).
+    # KV is taken only for positions whose tokens, and all before them, are the ones the
+    # destination resumes with, and never for the last token (the next step computes it).
     engine_outputs = stopped.output_token_ids
     num_same = next(
         (i for i, (a, b) in enumerate(zip(outputs, engine_outputs, strict=False)) if a != b),
         min(len(outputs), len(engine_outputs)),
     )
     num_prompt = len(stopped.prompt_token_ids)
-    num_full = min(
-        stopped.num_full_blocks,
-        (num_prompt + num_same) // block_size,
-        (num_prompt + len(outputs) - 1) // block_size,
-    )
-    return replace(stopped, output_token_ids=outputs, num_full_blocks=num_full)
+    num_kv_tokens = min(stopped.num_kv_tokens, num_prompt + num_same, num_prompt + len(outputs) - 1)
+    return replace(stopped, output_token_ids=outputs, num_kv_tokens=num_kv_tokens)
 
 
 class _Migration:
@@ -307,15 +301,18 @@ class _Migration:
         stopped = await engine.stop(self.rid)
         t_stopped = time.perf_counter()
         spec = getattr(engine, "spec", None)
-        stopped = cut_at_stream(stopped, stream, spec.block_size_tokens if spec else 16)
+        stopped = cut_at_stream(stopped, stream)
         self.at = len(stopped.output_token_ids)
-        num_staged = stopped.num_full_blocks if self.mode != "recompute" else 0
+        num_staged_tokens = stopped.num_kv_tokens if self.mode != "recompute" else 0
         try:
             if self.mode != "recompute":
-                await self._send(self.num_blocks, num_staged - self.num_blocks)
+                # The last delta: the blocks filled since the pre-copy and the partial
+                # last block, whose KV stopped changing with the stop.
+                num_blocks = stopped.num_kv_blocks(spec.block_size_tokens if spec else 16)
+                await self._send(self.num_blocks, num_blocks - self.num_blocks)
             await self._post(
                 f"/migrate-in/{self.mid}/resume",
-                self._resume_body(stopped, num_staged),
+                self._resume_body(stopped, num_staged_tokens),
                 RESUME_TIMEOUT_S,
             )
         except BaseException:
@@ -332,7 +329,7 @@ class _Migration:
         stream.migrated(self.dst_id, self.dst_url)
         return self.result("committed")
 
-    def _resume_body(self, stopped: Any, num_staged: int) -> dict[str, Any]:
+    def _resume_body(self, stopped: Any, num_staged_tokens: int) -> dict[str, Any]:
         original = self.record.generate
         request = replace(
             original, prompt=None, messages=None, prompt_token_ids=stopped.prompt_token_ids
@@ -340,7 +337,7 @@ class _Migration:
         return {
             "request": to_json_dict(request),
             "previous_output_ids": list(stopped.output_token_ids),
-            "num_staged_blocks": num_staged,
+            "num_staged_tokens": num_staged_tokens,
         }
 
     def _resume_here(self, previous: tuple[int, ...]) -> None:
@@ -350,7 +347,7 @@ class _Migration:
             f"{self.mid}-back",
             self.record.prepared,
             previous_output_ids=previous,
-            num_staged_blocks=0,
+            num_staged_tokens=0,
         )
         self.src.start_runner(self.rid, outputs)
         asyncio.ensure_future(engine.release(self.rid))

@@ -90,7 +90,7 @@ class MigrationDestination:
         self.records[request.request_id] = RequestRecord(request, prepared)
         outputs = self.engine.resume(
             mid, prepared, previous_output_ids=previous,
-            num_staged_blocks=int(body.get("num_staged_blocks", 0)),
+            num_staged_tokens=int(body.get("num_staged_tokens", 0)),
         )  # fmt: skip
         t0 = time.perf_counter()
         self.start_runner(request.request_id, outputs)

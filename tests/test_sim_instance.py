@@ -147,6 +147,25 @@ def test_migration_primitives_move_a_request_between_instances() -> None:
     assert not SimInstance("c", SMALL).reserve(21)
 
 
+def test_a_resumed_request_decodes_in_its_first_step() -> None:
+    """Its KV arrives whole, partial last block included (as agent/llumlet.py copies it):
+    the destination's first step for it is a decode step, with no prefill."""
+    profile = LatencyProfile()
+    src, dst = SimInstance("a", profile), SimInstance("b", profile)
+    req = SimRequest("r", prompt_tokens=1000, output_tokens=30)
+    src.add(req)
+    src.step()
+    src.step()  # 1002 tokens, the KV of 1001 computed (not a multiple of the block size)
+    num_blocks = src.blocks_of(req)
+    assert dst.reserve(num_blocks)
+    src.release(src.stop(req))
+    dst.resume(req, num_blocks)
+    first = dst.step()
+    assert first is not None and first.num_prefill_tokens == 0
+    assert abs(first.duration_s - profile.decode_ms(1, 1001) / 1000) < 1e-12
+    assert dst.generated(req) == 3
+
+
 def test_the_load_reports_the_prefill_of_the_step_in_progress() -> None:
     """Step-aware dispatch reads it: between `step()` and the next one (the step the
     caller is running), the view shows that step's prompt tokens, and 0 once it decodes."""

@@ -94,9 +94,15 @@ class StoppedRequest:
     prompt_token_ids: tuple[int, ...]
     # Output tokens delivered to the client before the stop (the splice point).
     output_token_ids: tuple[int, ...]
-    # Blocks fully filled by prompt + delivered output (these are copied; the partial
-    # last block is recomputed on the destination).
-    num_full_blocks: int
+    # Tokens whose KV the kept blocks hold for the destination: prompt + delivered output
+    # but the last token (its KV is computed by the next step), fewer if the engine kept
+    # fewer blocks. Their blocks are copied, the last one usually partial: the destination
+    # then computes one token, not up to a block's worth over the whole context.
+    num_kv_tokens: int
+
+    def num_kv_blocks(self, block_size: int) -> int:
+        """Blocks to copy: those holding the first `num_kv_tokens` tokens."""
+        return -(-self.num_kv_tokens // block_size)
 
 
 class Engine(abc.ABC):
@@ -170,10 +176,11 @@ class Engine(abc.ABC):
         request: PreparedRequest,
         *,
         previous_output_ids: Sequence[int],
-        num_staged_blocks: int,
+        num_staged_tokens: int,
     ) -> AsyncIterator[EngineOutput]:
-        """Start the migrated request on this engine, using the staged blocks as its
-        first `num_staged_blocks` blocks of KV (0 = recompute everything)."""
+        """Start the migrated request on this engine, using the staged blocks as the KV
+        of its first `num_staged_tokens` tokens (0 = recompute everything; the block
+        holding the last of them may be partial)."""
 
     @abc.abstractmethod
     async def cancel(self, migration_id: str) -> None:

@@ -145,7 +145,6 @@ class SimInstance:
         # Blocks reserved for incoming migrations and held by stopped outgoing ones.
         self.num_staged_blocks = 0
         self._admitted = 0
-        self._resume_tokens = 0
         self.num_preempted_total = 0
         # Prompt tokens prefilled by the step `step()` returned last: the step in
         # progress, for a caller that runs it (reported for step-aware dispatch).
@@ -283,9 +282,9 @@ class SimInstance:
         return result
 
     def _next_step(self) -> StepResult | None:
-        if not self._num_queued and not self._resume_tokens:
+        if not self._num_queued:
             return self._decode_only_step()
-        if not self._running and not self._num_queued and not self._resume_tokens:
+        if not self._running and not self._num_queued:
             return None
         preempted = self._allocate_decode_slots()
         decoded = tuple(self._running)
@@ -299,10 +298,6 @@ class SimInstance:
         if not preempted:
             started, prefill_tokens = self._admit(num_decode)
             prefill_ms = sum(self.profile.prefill_ms(r.context_tokens) for r in started)
-        if self._resume_tokens:
-            prefill_ms += self.profile.prefill_ms(self._resume_tokens)
-            prefill_tokens += self._resume_tokens
-            self._resume_tokens = 0
         if not num_decode and not started and not prefill_tokens:
             # Only a queue that cannot be admitted now: idle until something frees room.
             return None
@@ -432,15 +427,13 @@ class SimInstance:
         self.unreserve(num_blocks)
 
     def resume(self, req: SimRequest, staged_blocks: int) -> None:
-        """Start a migrated request whose full blocks were staged here.
-
-        The partial last block is recomputed in the next step (a small prefill).
-        """
+        """Start a migrated request whose KV was staged here: every token's but the last
+        one's, the partial last block included, so it joins the next step's decode batch
+        (its last token is what that step computes), as on a real instance."""
         self.unreserve(staged_blocks)
         kv = req.context_tokens - 1
         blocks = -(-kv // self._bs)
         self.num_used_blocks += blocks
-        self._resume_tokens += kv % self._bs
         self._join(req, kv, req.num_generated)
 
     # ---- the policy's view -----------------------------------------------------------

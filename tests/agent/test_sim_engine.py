@@ -106,7 +106,10 @@ async def test_migration_primitives_keep_the_output():
             )
         )
         async for out in dst.resume(
-            "m1", prep2, previous_output_ids=stopped.output_token_ids, num_staged_blocks=full
+            "m1",
+            prep2,
+            previous_output_ids=stopped.output_token_ids,
+            num_staged_tokens=stopped.num_kv_tokens,
         ):
             ids.extend(out.token_ids)
             text += out.text

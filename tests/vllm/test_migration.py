@@ -55,8 +55,12 @@ async def test_live_migration_mid_decode_is_exact(vllm_instances, http, num_prom
         http, src, dst, prompt, max_tokens, at, "live", f"live{num_prompt}"
     )
     assert result["status"] == "committed", outcome(result)
-    assert result["mode"] == "live" and result["num_blocks"] >= (num_prompt + at) // 32 - 1
+    assert result["mode"] == "live"
     assert at <= result["at"] < max_tokens
+    # Every token's KV but the last one's is copied, the partial last block included, so
+    # the destination's first step computes one token (the exact output below shows the
+    # copied partial block is right: without it the tokens differ).
+    assert result["num_blocks"] == -(-(num_prompt + result["at"] - 1) // 32)
     assert [e["type"] for e in trace.ends] == ["migrated", "finished"]
     assert trace.ends[0]["to_instance"] == dst.instance_id
     assert_contiguous(trace, max_tokens)

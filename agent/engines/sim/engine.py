@@ -262,8 +262,7 @@ class SimEngine(Engine):
         self._held[request_id] = self._sim.stop(live.req)
         live.outputs.put_nowait(EngineOutput((), ""))  # wakes the reader, which then ends
         num_tokens = len(live.prompt_ids) + len(live.delivered)
-        num_full = (num_tokens - 1) // self.profile.block_size_tokens
-        return StoppedRequest(request_id, live.prompt_ids, tuple(live.delivered), num_full)
+        return StoppedRequest(request_id, live.prompt_ids, tuple(live.delivered), num_tokens - 1)
 
     async def release(self, request_id: str) -> None:
         blocks = self._held.pop(request_id, 0)
@@ -290,11 +289,11 @@ class SimEngine(Engine):
         request: PreparedRequest,
         *,
         previous_output_ids: Sequence[int],
-        num_staged_blocks: int,
+        num_staged_tokens: int,
     ) -> AsyncIterator[EngineOutput]:
         reserved = self._reserved.pop(migration_id, 0)
         live = self._new_live(request, previous_output_ids)
-        if num_staged_blocks and reserved:
+        if num_staged_tokens and reserved:
             self._sim.resume(live.req, reserved)
         else:
             self._sim.unreserve(reserved)

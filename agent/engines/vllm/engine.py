@@ -132,16 +132,17 @@ class VllmEngine(Engine):
             async for _ in outputs:
                 break
             stopped = await self.stop(rid)
-            chunk = await self.read_kv(rid, 0, stopped.num_full_blocks)
+            num_blocks = stopped.num_kv_blocks(self.block_size)
+            chunk = await self.read_kv(rid, 0, num_blocks)
             await self.release(rid)
             await outputs.aclose()  # type: ignore[attr-defined]
             # Without cached blocks the resumed request must load the staged ones.
             await self._llm.reset_prefix_cache()
-            await self.reserve(mid, stopped.num_full_blocks + 1)
+            await self.reserve(mid, num_blocks + 1)
             await self.write_kv(mid, chunk)
             resumed = self.resume(
                 mid, request, previous_output_ids=stopped.output_token_ids,
-                num_staged_blocks=stopped.num_full_blocks,
+                num_staged_tokens=stopped.num_kv_tokens,
             )  # fmt: skip
             async for _ in resumed:
                 pass
@@ -173,11 +174,11 @@ class VllmEngine(Engine):
         request: PreparedRequest,
         *,
         previous_output_ids: Sequence[int],
-        num_staged_blocks: int,
+        num_staged_tokens: int,
     ) -> AsyncIterator[EngineOutput]:
         self._reserved.pop(migration_id, None)
-        kv = {MIGRATION: migration_id, STAGED_TOKENS: num_staged_blocks * self.block_size}
-        return self._run(request, tuple(previous_output_ids), kv if num_staged_blocks else {})
+        kv = {MIGRATION: migration_id, STAGED_TOKENS: num_staged_tokens}
+        return self._run(request, tuple(previous_output_ids), kv if num_staged_tokens else {})
 
     async def _run(
         self, request: PreparedRequest, previous: tuple[int, ...], kv: dict[str, Any]
@@ -296,8 +297,8 @@ class VllmEngine(Engine):
         await self._llm.abort(live.vllm_id)
         held = await self._wait_held(request_id)
         num_tokens = len(live.prompt_token_ids) + len(delivered)
-        num_full = min((num_tokens - 1) // self.block_size, len(held))
-        return StoppedRequest(request_id, live.prompt_token_ids, delivered, num_full)
+        num_kv_tokens = min(num_tokens - 1, len(held) * self.block_size)
+        return StoppedRequest(request_id, live.prompt_token_ids, delivered, num_kv_tokens)
 
     async def _wait_held(self, request_id: str) -> list[int]:
         deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT_S

@@ -100,9 +100,10 @@ class SchedulerSide:
         params = params_of(request)
         if MIGRATION not in params or request.request_id in self._loaded:
             return 0, False
-        # Never the whole prompt: vLLM must compute at least the last token itself.
+        # Never the whole prompt: vLLM must compute at least the last token itself. Not
+        # rounded to blocks: the staged partial block spares the first step recomputing up
+        # to a block's worth of tokens over the whole context (the stall's largest part).
         staged = min(int(params.get(STAGED_TOKENS, 0)), request.num_tokens - 1)
-        staged -= staged % self.block_size
         self._computed_at_match[request.request_id] = num_computed
         return max(0, staged - num_computed), False
 
@@ -110,8 +111,9 @@ class SchedulerSide:
         if num_external <= 0:
             return
         block_ids = blocks.get_block_ids()[0]
-        first = self._computed_at_match.pop(request.request_id, 0) // self.block_size
-        last = first + num_external // self.block_size
+        computed = self._computed_at_match.pop(request.request_id, 0)
+        first = computed // self.block_size
+        last = -(-(computed + num_external) // self.block_size)  # with a partial last block
         self._loaded.add(request.request_id)
         self._loads.append(
             {"mig": params_of(request)[MIGRATION], "first": first, "ids": block_ids[first:last]}
