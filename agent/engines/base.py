@@ -8,13 +8,16 @@ Migration primitives (docs/architecture.md, "Live migration"):
   source:      read_kv (pre-copy stages) -> stop -> read_kv (last delta) -> release
   destination: reserve -> write_kv ... -> resume -> (cancel on abort)
 
-Changes since the first draft (all additive; the sim engine needs no change):
+Changes since the first draft (additive but the last):
 - `PreparedRequest.priority` (default NORMAL) so the engine can report it in its load.
 - `stop` may raise MigrationError(reason="finished") when the request ended before the stop;
   `num_full_blocks`/`read_kv` raise MigrationError(reason="finished"|"preempted") when the
   request is no longer running with its blocks.
 - After `stop`, `generate` of that request ends without a finish_reason (the llumlet then
   ends the stream with `migrated`, or resumes locally if the destination failed).
+- 2026-11-29: `StoppedRequest.num_kv_tokens` and `resume(num_staged_tokens=...)` replace
+  `num_full_blocks` / `num_staged_blocks`: the partial last block is copied too, so the
+  destination computes one token instead of recomputing that block.
 """
 
 from __future__ import annotations
