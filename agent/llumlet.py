@@ -17,7 +17,9 @@ Every failure is a `MigrationAbort` reason. Before the stop, R simply keeps runn
 after the stop (B failed to resume), R is resumed here from its own kept blocks (prefix
 cache hit), so the client still gets exactly the tokens of an unmigrated run.
 `mode="recompute"` skips steps 2 and 4 (B recomputes all tokens) and `mode="blocking"`
-skips step 2 (all blocks copied after the stop): the benchmark baselines.
+skips step 2 (all blocks copied after the stop): the benchmark baselines. A request still
+waiting in the engine's queue always moves in `recompute` mode: it has no KV to copy (the
+policy moves such requests first, see `llumctl.policy.migration.movable_queued`).
 The destination role lives in `agent.llumlet_in`.
 """
 
@@ -128,10 +130,11 @@ class MigrationSource:
             raise MigrationError(f"request {request_id} is already migrating", MigrationAbort.BUSY)
         return record
 
-    def pick(self, load: Any, num_requests: int, selector: str) -> list[str]:
-        return [
-            r for r in select_candidates(load, num_requests, selector) if r not in self.migrating
-        ]
+    def pick(
+        self, load: Any, num_requests: int, selector: str, *, queued_first: bool = True
+    ) -> list[str]:
+        picked = select_candidates(load, num_requests, selector, queued_first=queued_first)
+        return [r for r in picked if r not in self.migrating]
 
     async def migrate(
         self, request_id: str, dst_url: str, dst_id: str, mode: str, pause_s: float = 0.0
@@ -223,6 +226,10 @@ class _Migration:
         return json.loads(data)
 
     async def run(self) -> MigrationResult:
+        if self.mode != "recompute" and self._is_queued():
+            # Waiting in the engine's queue, R has no KV worth copying: the destination
+            # prefills it (as this engine would have), and the move costs no copy at all.
+            self.mode = "recompute"
         reply = await self._post("/migrate-in/reserve", self._reserve_body())
         try:
             if self.mode != "recompute":
@@ -236,6 +243,9 @@ class _Migration:
         finally:
             if self.sender is not None:
                 await self.sender.close()
+
+    def _is_queued(self) -> bool:
+        return any(r.request_id == self.rid for r in self.src.engine.load().queued)
 
     def _reserve_body(self) -> dict[str, Any]:
         spec = getattr(self.src.engine, "spec", None)

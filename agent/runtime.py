@@ -250,7 +250,9 @@ class Instance:
             self.source.check(rid)
         if not rids:
             num = int(body.get("num_requests", 1))
-            rids = self.source.pick(self.load(), num, str(body.get("selector", self.selector)))
+            selector = str(body.get("selector", self.selector))
+            queued_first = bool(body.get("queued_first", True))
+            rids = self.source.pick(self.load(), num, selector, queued_first=queued_first)
         pause_s = float(body.get("debug_pause_s", 0.0))
         jobs = [self.source.migrate(r, dst_url, dst_id, mode, pause_s) for r in rids]
         return list(await asyncio.gather(*jobs))

@@ -23,6 +23,7 @@ from llumctl.policy import (
     without_departed,
 )
 from llumctl.policy.dispatch import physical_room
+from llumctl.policy.migration import select_candidates
 
 requests = st.lists(
     st.builds(
@@ -261,3 +262,37 @@ def test_several_pairs_per_tick_lowest_with_highest() -> None:
     migrations = [d for d in get_policy("llumnix").tick(view) if isinstance(d, Migrate)]
     assert [(m.src, m.dst) for m in migrations] == [("hot1", "cold1"), ("hot2", "cold2")]
     assert get_policy("infaas++").tick(view) == []
+
+
+def _queue_blocked(iid: str = "hot") -> InstanceLoad:
+    """Two decoding requests fill the instance; a HIGH one and two normal ones queue (the
+    head-of-line one does not fit)."""
+    running = (RequestLoad("r-old", 40, admitted_seq=1), RequestLoad("r-new", 30, admitted_seq=2))
+    queued = (
+        RequestLoad("q-high", 20, Priority.HIGH, is_decoding=False),
+        RequestLoad("q-head", 20, is_decoding=False),
+        RequestLoad("q-unmovable", 5, is_decoding=False, is_migratable=False),
+        RequestLoad("q-next", 5, is_decoding=False),
+    )
+    return InstanceLoad(iid, 80, 70, running=running, queued=queued)
+
+
+def test_queued_requests_are_candidates_first_head_of_line_first() -> None:
+    inst = _queue_blocked()
+    assert select_candidates(inst, 4) == ["q-head", "q-next", "r-new", "r-old"]
+    assert select_candidates(inst, 1, "longest") == ["q-head"]
+    # The paper's rule alone: running requests only.
+    assert select_candidates(inst, 4, queued_first=False) == ["r-new", "r-old"]
+    # A draining instance moves every priority.
+    assert select_candidates(replace(inst, is_draining=True), 2) == ["q-high", "q-head"]
+
+
+def test_an_instance_with_only_queued_requests_to_move_is_a_migration_source() -> None:
+    # Its running requests are still prefilling (not movable); its queue is blocked.
+    inst = _queue_blocked()
+    inst = replace(inst, running=tuple(replace(r, is_decoding=False) for r in inst.running))
+    view = ClusterView((inst, InstanceLoad("cold", 80, 0)))
+    (decision,) = [d for d in get_policy("llumnix").tick(view) if isinstance(d, Migrate)]
+    assert (decision.src, decision.dst, decision.queued_first) == ("hot", "cold", True)
+    paper = get_policy("llumnix", PolicyParams(migrate_queued=False))
+    assert [d for d in paper.tick(view) if isinstance(d, Migrate)] == []

@@ -58,6 +58,19 @@ def test_llumnix_migrates_under_memory_pressure_and_the_baseline_does_not() -> N
     assert result["llumnix"]["mean_downtime_s"] >= 0.02
 
 
+def test_llumnix_moves_queued_requests_first_without_kv() -> None:
+    workload = replace(WORKLOAD, rate=0.8, input="L", output="L")
+    runs = {}
+    for flag in (True, False):
+        exp = replace(small(("llumnix",), migrate_queued=flag), workload=workload)
+        runs[flag] = run_experiment(exp)["results"]["llumnix"]
+    assert runs[True]["unfinished"] == 0 and runs[False]["unfinished"] == 0
+    assert 0 < runs[True]["queued_migrations"] < runs[True]["migrations"]
+    assert runs[False]["queued_migrations"] == 0 and runs[False]["migrations"] > 0
+    # Downtime is the running requests' stops only: a queued request stops nothing.
+    assert runs[True]["mean_downtime_s"] >= 0.02
+
+
 def test_same_inputs_same_results() -> None:
     exp = small(("llumnix",))
     assert run_experiment(exp) == run_experiment(exp)

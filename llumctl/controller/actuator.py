@@ -54,8 +54,12 @@ class Actuator:
         request_ids: tuple[str, ...] = (),
         count: int = 1,
         trigger: str = "operator",
+        queued_first: bool = True,
     ) -> list[dict[str, Any]]:
-        """Ask the source llumlet to move requests to `dst`; log each result."""
+        """Ask the source llumlet to move requests to `dst`; log each result.
+
+        Without `request_ids` the llumlet picks `count` (queued ones first when
+        `queued_first`, see `llumctl.policy.migration.select_candidates`)."""
         src, dst = self.entry(src_id), self.entry(dst_id)
         if src_id == dst_id:
             raise MigrationError("source and destination are the same instance", "same-instance")
@@ -69,6 +73,7 @@ class Actuator:
             "dst_instance_id": dst_id,
             "request_ids": list(request_ids),
             "num_requests": count,
+            "queued_first": queued_first,
             "mode": "live",
         }
         src.num_inflight_out += 1

@@ -69,6 +69,7 @@ class PolicyLoop:
                         request_ids=decision.request_ids,
                         count=decision.num_requests,
                         trigger=decision.reason,
+                        queued_first=decision.queued_first,
                     )
                 )
             elif isinstance(decision, ScaleUp):

@@ -15,7 +15,7 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class Migrate:
-    """Move running requests from `src` to `dst`.
+    """Move requests from `src` to `dst`.
 
     With no `request_ids` the source llumlet picks `num_requests` candidates itself
     (see `migration.select_candidates`).
@@ -27,6 +27,8 @@ class Migrate:
     request_ids: tuple[str, ...] = ()
     # Why the pair was formed: "load", "preempted", "drain".
     reason: str = "load"
+    # The source picks queued requests (no KV to copy) before running ones.
+    queued_first: bool = True
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,37 @@ def movable(inst: InstanceLoad, *, include_high: bool = False) -> list[RequestLo
     ]
 
 
+def movable_queued(inst: InstanceLoad, *, include_high: bool = False) -> list[RequestLoad]:
+    """Queued requests that may migrate, head of line first: normal priority, state carried.
+
+    A queued request holds no KV (a preempted one gave its blocks back), so moving it costs
+    nothing but its prefill on the destination, which it would pay here too. It is the
+    request that suffers from its instance's load, and its move frees nothing here but the
+    queue it blocks: the published Llumnix's "EWF" (earliest waiting first) migration."""
+    return [
+        r
+        for r in inst.queued
+        if r.is_migratable and (include_high or r.priority == Priority.NORMAL)
+    ]
+
+
 def select_candidates(
-    inst: InstanceLoad, num_requests: int, selector: str = "last-admitted"
+    inst: InstanceLoad,
+    num_requests: int,
+    selector: str = "last-admitted",
+    *,
+    queued_first: bool = True,
 ) -> list[str]:
     """Requests a source llumlet moves, best first.
 
-    `last-admitted` is the paper's rule: the most recently admitted decoding request, which
-    is usually the shortest, so the copy is small. A draining instance moves any priority.
+    With `queued_first`, queued requests come first, head of line first (see
+    `movable_queued`); then running ones by `selector`. `last-admitted` is the paper's rule:
+    the most recently admitted decoding request, which is usually the shortest, so the copy
+    is small. A draining instance moves any priority.
     """
     if selector not in SELECTORS:
         raise ValueError(f"unknown migration selector {selector!r}; choose from {SELECTORS}")
+    queued = movable_queued(inst, include_high=inst.is_draining) if queued_first else []
     pool = movable(inst, include_high=inst.is_draining)
     if selector == "last-admitted":
         pool.sort(key=lambda r: (-r.admitted_seq, r.request_id))
@@ -40,13 +61,14 @@ def select_candidates(
         pool.sort(key=lambda r: (r.num_blocks, -r.admitted_seq, r.request_id))
     else:
         pool.sort(key=lambda r: (-r.num_blocks, -r.admitted_seq, r.request_id))
-    return [r.request_id for r in pool[:num_requests]]
+    return [r.request_id for r in (queued + pool)[:num_requests]]
 
 
 def _is_source(inst: InstanceLoad, f: float, params: PolicyParams) -> bool:
     if inst.num_migrating_out >= params.max_migrations_per_instance:
         return False
-    if not movable(inst, include_high=inst.is_draining):
+    has_queued = params.migrate_queued and movable_queued(inst, include_high=inst.is_draining)
+    if not has_queued and not movable(inst, include_high=inst.is_draining):
         return False
     return inst.is_draining or inst.num_preempted > 0 or f < params.migrate_out_threshold
 
@@ -102,6 +124,7 @@ def pair_migrations(view: ClusterView, params: PolicyParams, score: Freeness) ->
                         dst.instance_id,
                         num_requests=params.requests_per_migration,
                         reason=_reason(src),
+                        queued_first=params.migrate_queued,
                     )
                 )
                 break

@@ -21,6 +21,11 @@ class PolicyParams:
     requests_per_migration: int = 1
     # Migrations a single instance may run at once (in either role).
     max_migrations_per_instance: int = 2
+    # A source moves its queued requests first, head of line first (they carry no KV: the
+    # destination prefills them, as the source would have), then running ones; an
+    # instance whose only movable requests are queued is a source too. The published
+    # Llumnix's "EWF" migration; the paper moves running requests only (False).
+    migrate_queued: bool = True
     # Queued requests a dispatch decision counts: "all" (each one's demand and +1 in B,
     # like a pending dispatch, as the published Llumnix's dispatch load: a new request
     # waits behind all of them) or "head" (the virtual usage of migration: only the

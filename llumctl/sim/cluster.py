@@ -276,18 +276,28 @@ class Simulation:
         dst = self.instances.get(decision.dst)
         if src is None or dst is None:
             return
-        wanted = decision.request_ids or tuple(select_candidates(src.load(now), src.num_running))
+        wanted = decision.request_ids or tuple(
+            select_candidates(
+                src.load(now),
+                src.num_running + src.num_queued,
+                queued_first=decision.queued_first,
+            )
+        )
         by_id = {r.request_id: r for r in src.running()}
+        queued = {r.request_id: r for r in src.queued()}
         started = 0
         for rid in wanted:
-            req = by_id.get(rid)
+            req = by_id.get(rid) or queued.get(rid)
             if started >= decision.num_requests:
                 break
             if req is None or rid in self.migrations.in_flight:
                 continue
             if src.blocks_of(req) + 1 > dst.num_free_blocks:
                 continue
-            delay = self.migrations.start(src, dst, req, decision.reason)
+            if rid in queued:
+                delay = self.migrations.start_queued(src, dst, req, decision.reason, now)
+            else:
+                delay = self.migrations.start(src, dst, req, decision.reason)
             if delay is None:
                 continue
             self._push(now + delay, MIGRATION, self.migrations.in_flight[rid])
@@ -348,14 +358,17 @@ class Simulation:
     # ---- results -----------------------------------------------------------------------
     def _results(self) -> dict[str, Any]:
         duration = self.end_time if self.end_time > 0 else 1.0
+        stats = self.migrations.stats
         return {
             "avg_instances": self._alive_area / duration,
             "fragmentation": self._frag_sum / self._frag_samples if self._frag_samples else 0.0,
-            "migrations": self.migrations.stats.num_committed,
-            "migration_aborts": self.migrations.stats.num_aborted,
+            "migrations": stats.num_committed,
+            # Of those, queued requests moved without KV (no downtime: nothing was running).
+            "queued_migrations": stats.num_queued,
+            "migration_aborts": stats.num_aborted,
             "mean_downtime_s": (
-                self.migrations.stats.total_downtime_s / self.migrations.stats.num_committed
-                if self.migrations.stats.num_committed
+                stats.total_downtime_s / (stats.num_committed - stats.num_queued)
+                if stats.num_committed > stats.num_queued
                 else 0.0
             ),
             "preemptions": sum(r.num_preemptions for r in self.requests),

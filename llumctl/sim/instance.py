@@ -217,6 +217,17 @@ class SimInstance:
             req.instance = None
         return taken
 
+    def remove_queued(self, req: SimRequest) -> None:
+        """Take one queued request out of the queue (it migrates; it held no blocks)."""
+        assert req.state == QUEUED and req.instance is self
+        self._queues[req.priority].remove(req)
+        self._num_queued -= 1
+        self._queue_version += 1
+        if req.num_preemptions:
+            self._num_preempted_waiting -= 1
+        req.state = STOPPED
+        req.instance = None
+
     def _head(self) -> SimRequest | None:
         for priority in sorted(self._queues, reverse=True):
             if self._queues[priority]:
@@ -481,6 +492,8 @@ class SimInstance:
                     -(-r.context_tokens // self._bs),
                     Priority(r.priority),
                     is_decoding=False,
+                    # As on a real instance: a request preempted once never migrates.
+                    is_migratable=not r.num_preemptions,
                 )
                 for r in self.queued()
             )

@@ -6,6 +6,8 @@ stage limit is hit) the source stops the request, the last delta is copied, and 
 destination resumes it after a fixed stop cost. Downtime = last copy + stop cost.
 The destination reserves staging room for every copied block; no room aborts the
 migration, as does the request finishing or being preempted during a stage.
+A queued request has no KV to copy: it leaves the source's queue, the destination reserves
+room for it and queues it after the stop cost (it prefills there, as it would have here).
 Handlers return the next (delay, migration) to schedule, or None when done.
 """
 
@@ -34,12 +36,16 @@ class Migration:
     held_blocks: int = 0
     is_stopped: bool = False
     stop_time: float = 0.0
+    # A queued request (no KV): the destination queues it instead of resuming it.
+    is_queued: bool = False
     outcome: str = field(default="running")
 
 
 @dataclass
 class MigrationStats:
     num_committed: int = 0
+    # Committed migrations of queued requests (no KV copied, no downtime counted).
+    num_queued: int = 0
     num_aborted: int = 0
     total_downtime_s: float = 0.0
     aborts: dict[str, int] = field(default_factory=dict)
@@ -66,11 +72,30 @@ class MigrationModel:
         if not dst.reserve(full + 1):
             self._count_abort("no-room")
             return None
-        mig = Migration(src, dst, req, reason, staged_blocks=full + 1, copied_blocks=full)
-        self.in_flight[req.request_id] = mig
-        self.num_out[src.instance_id] = self.num_out.get(src.instance_id, 0) + 1
-        self.num_in[dst.instance_id] = self.num_in.get(dst.instance_id, 0) + 1
+        self._track(Migration(src, dst, req, reason, staged_blocks=full + 1, copied_blocks=full))
         return full * self.block_s
+
+    def start_queued(
+        self, src: SimInstance, dst: SimInstance, req: SimRequest, reason: str, now: float
+    ) -> float | None:
+        """Move a queued request; returns the stop cost, or None when the destination has
+        no room for its prompt (and a block of growth, as a real reserve asks)."""
+        blocks = src.blocks_of(req) + 1
+        if not dst.reserve(blocks):
+            self._count_abort("no-room")
+            return None
+        src.remove_queued(req)
+        mig = Migration(
+            src, dst, req, reason, staged_blocks=blocks, is_stopped=True, stop_time=now,
+            is_queued=True,
+        )  # fmt: skip
+        self._track(mig)
+        return self.config.migration_stop_ms / 1000.0
+
+    def _track(self, mig: Migration) -> None:
+        self.in_flight[mig.req.request_id] = mig
+        self.num_out[mig.src.instance_id] = self.num_out.get(mig.src.instance_id, 0) + 1
+        self.num_in[mig.dst.instance_id] = self.num_in.get(mig.dst.instance_id, 0) + 1
 
     def stage_done(self, mig: Migration, now: float) -> float | None:
         """A copy stage ended: copy more, stop the request, or abort."""
@@ -95,10 +120,16 @@ class MigrationModel:
         return delta * self.block_s + self.config.migration_stop_ms / 1000.0
 
     def commit(self, mig: Migration, now: float) -> None:
-        """The last copy landed: the destination resumes the request."""
-        mig.src.release(mig.held_blocks)
-        mig.dst.resume(mig.req, mig.staged_blocks)
-        self.stats.total_downtime_s += now - mig.stop_time
+        """The last copy landed: the destination resumes the request (or queues a queued
+        one, which then prefills there)."""
+        if mig.is_queued:
+            mig.dst.unreserve(mig.staged_blocks)
+            mig.dst.add(mig.req)
+            self.stats.num_queued += 1
+        else:
+            mig.src.release(mig.held_blocks)
+            mig.dst.resume(mig.req, mig.staged_blocks)
+            self.stats.total_downtime_s += now - mig.stop_time
         self._finish(mig, "committed")
 
     def _finish(self, mig: Migration, outcome: str) -> None:

@@ -173,3 +173,35 @@ async def test_high_priority_is_admitted_first():
     finally:
         await engine.shutdown()
     assert order.index("h1") < order.index("n1")
+
+
+async def test_a_queued_request_stops_without_kv_and_resumes_elsewhere_unchanged():
+    one_at_a_time = {"speedup": 10.0, "profile": {"max_num_seqs": 1}}
+    src, dst = await _started(one_at_a_time, "src"), await _started(iid="dst")
+    try:
+        reference = await _run(dst, "ref", "wait your turn", 20)
+        first = asyncio.ensure_future(_run(src, "first", "hogging the only seat", 400))
+        await asyncio.sleep(0.05)
+        prepared = await src.prepare(
+            GenerateRequest("r1", prompt="wait your turn", sampling=SamplingParams(20))
+        )
+        outputs = src.generate(prepared)
+        waiting = asyncio.ensure_future(outputs.__anext__())
+        await asyncio.sleep(0.05)
+        assert [r.request_id for r in src.load().queued] == ["r1"]
+        stopped = await src.stop("r1")
+        assert (stopped.output_token_ids, stopped.num_kv_tokens) == ((), 0)
+        assert src.load().queued == ()
+        with pytest.raises(StopAsyncIteration):
+            await waiting  # the queued request's stream here ends, unfinished
+        await src.release("r1")
+        await dst.reserve("m1", 2)
+        ids, text = [], ""
+        async for out in dst.resume("m1", prepared, previous_output_ids=(), num_staged_tokens=0):
+            ids.extend(out.token_ids)
+            text += out.text
+        assert (ids, text) == reference[:2]
+        assert (await first)[2] == "length"  # the one running was never disturbed
+    finally:
+        await src.shutdown()
+        await dst.shutdown()

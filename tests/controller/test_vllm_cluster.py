@@ -150,7 +150,15 @@ def test_forced_migration_mid_stream_on_vllm(vllm_instances, vllm_controller, ti
     print(f"vllm forced migration downtime: {mine[0]['downtime_ms']:.1f} ms")
 
 
-def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -> dict:
+def _imbalanced_run(
+    vllm_instances,
+    controller_factory,
+    secret,
+    model,
+    policy,
+    prompt: str | list[int] = " ".join(f"word{i}" for i in range(90)),
+    max_tokens: int = 1200,
+) -> dict:
     """All requests land on instance A (the only one reporting); then B joins.
 
     Returns the preemptions seen on A and B, and the migrations the policy loop made.
@@ -163,13 +171,12 @@ def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -
     try:
         _point_reports([a], controller.url)
         wait_for(lambda: len(_live(controller, a)) == 1, what="A reporting")
-        prompt = " ".join(f"word{i}" for i in range(90))
 
         def one(i: int):
             return client.completions.create(
                 model=model,
-                prompt=f"{i} {prompt}",
-                max_tokens=1200,
+                prompt=f"{i} {prompt}" if isinstance(prompt, str) else [3 + i, *prompt],
+                max_tokens=max_tokens,
                 temperature=0.0,
                 extra_body={"ignore_eos": True},
             )
@@ -187,7 +194,7 @@ def _imbalanced_run(vllm_instances, controller_factory, secret, model, policy) -
             )
             _point_reports([b], controller.url)
             replies = [f.result() for f in futures]
-        assert all(r.usage.completion_tokens == 1200 for r in replies)
+        assert all(r.usage.completion_tokens == max_tokens for r in replies)
         instances = {i["id"]: i for i in _api(controller, a, "GET", "/api/instances").json()}
         events = _api(controller, a, "GET", "/api/events?kind=migration").json()["events"]
         return {
@@ -216,6 +223,21 @@ def test_policy_loop_migrates_and_cuts_preemptions(
     assert {e["trigger"] for e in llumnix["migrations"]} <= {"load", "preempted"}
     assert baseline["preemptions"] > 0
     assert llumnix["preemptions"] < baseline["preemptions"]
+
+
+def test_policy_loop_moves_requests_waiting_in_a_full_instance_without_kv(
+    vllm_instances, controller_factory, cluster_secret, tiny_model_dir
+):
+    # Twelve 1,200-token prompts on A's 160 blocks: at most four run, the rest wait in
+    # A's queue. Once B reports, llumnix moves waiting ones first (no KV to copy).
+    prompt = [5 + (7 * k) % 490 for k in range(1200)]
+    run = _imbalanced_run(
+        vllm_instances, controller_factory, cluster_secret, str(tiny_model_dir), "llumnix",
+        prompt=prompt, max_tokens=64,
+    )  # fmt: skip
+    moved = [e for e in run["migrations"] if e["mode"] == "recompute" and e["at"] == 0]
+    assert moved, f"no waiting request moved: {run['attempts']}"
+    assert {e["trigger"] for e in moved} <= {"load", "preempted"}
 
 
 def test_profile_measures_co_located_instances_through_the_controller(

@@ -220,3 +220,44 @@ async def test_uncarried_sampling_state_is_refused(vllm_instances, http, samplin
     assert trace.end["type"] == "finished" and trace.end["finish_reason"] == "abort"
     # The llumlet never offers such a request as a candidate either.
     assert (await load_of(http, dst.url))["num_migrating_in"] == 0
+
+
+async def test_a_queued_request_moves_without_kv_and_is_picked_first(vllm_instances, http):
+    src, dst = vllm_instances
+    prompt = prompt_ids(150, seed=21)
+    ref = await follow(http, dst.url, body("queued-ref", prompt, 40))
+    # Eight 1,200-token prompts growing to 1,600 tokens (38-50 blocks each) on 160
+    # blocks: at most four run, the rest wait in the engine's queue for seconds.
+    tag = uuid.uuid4().hex[:6]
+    fillers = [f"qfill{i}-{tag}" for i in range(8)]
+    tasks = [
+        asyncio.create_task(follow(http, src.url, body(rid, prompt_ids(1200, 300 + i), 400)))
+        for i, rid in enumerate(fillers)
+    ]
+
+    async def queued(rid: str) -> bool:
+        return any(r["request_id"] == rid for r in (await load_of(http, src.url))["queued"])
+
+    rid = f"queued-{tag}"
+    await wait_until(lambda: queued(fillers[-1]), "fillers queued")
+    task = asyncio.create_task(follow(http, src.url, body(rid, prompt, 40)))
+    await wait_until(lambda: queued(rid), "the request queued")
+    try:
+        (result,) = results_of(await migrate(http, src, dst, [rid]))
+        # Asked for a live migration, it moved in recompute mode: it had no KV to copy.
+        assert result["status"] == "committed", outcome(result)
+        assert (result["mode"], result["num_blocks"], result["at"]) == ("recompute", 0, 0)
+        # Left to pick, the llumlet takes a waiting request before any running one.
+        (picked,) = results_of(await migrate(http, src, dst, [], num_requests=1))
+    finally:
+        for filler in fillers:
+            for inst in (src, dst):
+                await http.post(f"{inst.url}/requests/{filler}/abort")
+        await asyncio.gather(*tasks)
+    trace = await task
+    assert [e["type"] for e in trace.ends] == ["migrated", "finished"]
+    assert trace.ends[0]["to_instance"] == dst.instance_id and trace.ends[0]["at"] == 0
+    assert_contiguous(trace, 40)
+    assert trace.tokens == ref.tokens
+    assert picked["request_id"] in fillers, outcome(picked)
+    assert (picked["status"], picked["mode"], picked["at"]) == ("committed", "recompute", 0)

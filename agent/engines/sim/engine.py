@@ -32,7 +32,7 @@ from agent.engines.base import (
 from agent.engines.sim import tokens
 from llumctl.errors import ConfigError, InputError, MigrationError, NotFoundError
 from llumctl.protocol import GenerateRequest
-from llumctl.sim.instance import RUNNING, SimInstance, SimRequest
+from llumctl.sim.instance import QUEUED, RUNNING, SimInstance, SimRequest
 from llumctl.sim.profile import LatencyProfile, ProfileError
 
 _TRANSFER_BYTES_PER_S = 10e9
@@ -182,10 +182,8 @@ class SimEngine(Engine):
         req = live.req
         if req.state == RUNNING and req.instance is self._sim:
             self._sim.release(self._sim.stop(req))
-        elif req.instance is self._sim and req in self._sim.queued():
-            for other in self._sim.take_queued():
-                if other is not req:
-                    self._sim.add(other)
+        elif req.instance is self._sim and req.state == QUEUED:
+            self._sim.remove_queued(req)
 
     def load(self) -> EngineLoad:
         view = self._sim.load(time.monotonic())
@@ -256,6 +254,9 @@ class SimEngine(Engine):
         return KvChunk(first_block, num_blocks, b"")
 
     async def stop(self, request_id: str) -> StoppedRequest:
+        queued = self._live.get(request_id)
+        if queued is not None and not queued.is_stopped and queued.req.state == QUEUED:
+            return self._stop_queued(queued)
         live = self._running(request_id)
         live.is_stopped = True
         self._live.pop(request_id, None)
@@ -263,6 +264,15 @@ class SimEngine(Engine):
         live.outputs.put_nowait(EngineOutput((), ""))  # wakes the reader, which then ends
         num_tokens = len(live.prompt_ids) + len(live.delivered)
         return StoppedRequest(request_id, live.prompt_ids, tuple(live.delivered), num_tokens - 1)
+
+    def _stop_queued(self, live: _Live) -> StoppedRequest:
+        """A queued request leaves the queue; it holds no blocks (the destination
+        recomputes it)."""
+        live.is_stopped = True
+        self._live.pop(live.req.request_id, None)
+        self._sim.remove_queued(live.req)
+        live.outputs.put_nowait(EngineOutput((), ""))  # wakes the reader, which then ends
+        return StoppedRequest(live.req.request_id, live.prompt_ids, tuple(live.delivered), 0)
 
     async def release(self, request_id: str) -> None:
         blocks = self._held.pop(request_id, 0)
