@@ -131,10 +131,22 @@ class MigrationSource:
         return record
 
     def pick(
-        self, load: Any, num_requests: int, selector: str, *, queued_first: bool = True
+        self,
+        load: Any,
+        num_requests: int,
+        selector: str,
+        *,
+        queued_first: bool = True,
+        max_num_blocks: int | None = None,
     ) -> list[str]:
-        picked = select_candidates(load, num_requests, selector, queued_first=queued_first)
-        return [r for r in picked if r not in self.migrating]
+        picked = select_candidates(
+            load,
+            num_requests + len(self.migrating),
+            selector,
+            queued_first=queued_first,
+            max_num_blocks=max_num_blocks,
+        )
+        return [r for r in picked if r not in self.migrating][:num_requests]
 
     async def migrate(
         self, request_id: str, dst_url: str, dst_id: str, mode: str, pause_s: float = 0.0

@@ -252,7 +252,11 @@ class Instance:
             num = int(body.get("num_requests", 1))
             selector = str(body.get("selector", self.selector))
             queued_first = bool(body.get("queued_first", True))
-            rids = self.source.pick(self.load(), num, selector, queued_first=queued_first)
+            limit = body.get("max_num_blocks")
+            max_num_blocks = None if limit is None else int(limit)
+            rids = self.source.pick(
+                self.load(), num, selector, queued_first=queued_first, max_num_blocks=max_num_blocks
+            )
         pause_s = float(body.get("debug_pause_s", 0.0))
         jobs = [self.source.migrate(r, dst_url, dst_id, mode, pause_s) for r in rids]
         return list(await asyncio.gather(*jobs))

@@ -169,7 +169,8 @@ def test_a_draining_instance_is_always_a_migration_source(running: list[RequestL
     drained = InstanceLoad("a", used + 10, used, running=tuple(running), is_draining=True)
     empty = InstanceLoad("b", 5000, 0)
     decisions = get_policy("llumnix").tick(ClusterView((drained, empty)))
-    assert Migrate("a", "b", reason="drain") in decisions
+    drains = [d for d in decisions if isinstance(d, Migrate) and d.reason == "drain"]
+    assert [(d.src, d.dst, d.max_num_blocks) for d in drains] == [("a", "b", 5000)]
 
 
 @settings(max_examples=150, deadline=None)
@@ -285,6 +286,9 @@ def test_queued_requests_are_candidates_first_head_of_line_first() -> None:
     assert select_candidates(inst, 4, queued_first=False) == ["r-new", "r-old"]
     # A draining instance moves every priority.
     assert select_candidates(replace(inst, is_draining=True), 2) == ["q-high", "q-head"]
+    # Only what fits the destination (its blocks and one of growth).
+    assert select_candidates(inst, 4, max_num_blocks=31) == ["q-head", "q-next", "r-new"]
+    assert select_candidates(inst, 4, max_num_blocks=6) == ["q-next"]
 
 
 def test_an_instance_with_only_queued_requests_to_move_is_a_migration_source() -> None:
@@ -294,5 +298,6 @@ def test_an_instance_with_only_queued_requests_to_move_is_a_migration_source() -
     view = ClusterView((inst, InstanceLoad("cold", 80, 0)))
     (decision,) = [d for d in get_policy("llumnix").tick(view) if isinstance(d, Migrate)]
     assert (decision.src, decision.dst, decision.queued_first) == ("hot", "cold", True)
+    assert decision.max_num_blocks == 80  # what the destination had free
     paper = get_policy("llumnix", PolicyParams(migrate_queued=False))
     assert [d for d in paper.tick(view) if isinstance(d, Migrate)] == []

@@ -55,11 +55,13 @@ class Actuator:
         count: int = 1,
         trigger: str = "operator",
         queued_first: bool = True,
+        max_num_blocks: int | None = None,
     ) -> list[dict[str, Any]]:
         """Ask the source llumlet to move requests to `dst`; log each result.
 
         Without `request_ids` the llumlet picks `count` (queued ones first when
-        `queued_first`, see `llumctl.policy.migration.select_candidates`)."""
+        `queued_first`, none larger than `max_num_blocks`; see
+        `llumctl.policy.migration.select_candidates`)."""
         src, dst = self.entry(src_id), self.entry(dst_id)
         if src_id == dst_id:
             raise MigrationError("source and destination are the same instance", "same-instance")
@@ -76,6 +78,8 @@ class Actuator:
             "queued_first": queued_first,
             "mode": "live",
         }
+        if max_num_blocks is not None:
+            body["max_num_blocks"] = max_num_blocks
         src.num_inflight_out += 1
         dst.num_inflight_in += 1
         self._num_asked += 1

@@ -70,6 +70,7 @@ class PolicyLoop:
                         count=decision.num_requests,
                         trigger=decision.reason,
                         queued_first=decision.queued_first,
+                        max_num_blocks=decision.max_num_blocks,
                     )
                 )
             elif isinstance(decision, ScaleUp):

@@ -29,6 +29,9 @@ class Migrate:
     reason: str = "load"
     # The source picks queued requests (no KV to copy) before running ones.
     queued_first: bool = True
+    # The destination's free blocks in the view the pair was formed from: the source
+    # passes over candidates that would not fit (None = no limit; the reserve decides).
+    max_num_blocks: int | None = None
 
 
 @dataclass(frozen=True)

@@ -43,18 +43,24 @@ def select_candidates(
     selector: str = "last-admitted",
     *,
     queued_first: bool = True,
+    max_num_blocks: int | None = None,
 ) -> list[str]:
     """Requests a source llumlet moves, best first.
 
     With `queued_first`, queued requests come first, head of line first (see
     `movable_queued`); then running ones by `selector`. `last-admitted` is the paper's rule:
     the most recently admitted decoding request, which is usually the shortest, so the copy
-    is small. A draining instance moves any priority.
+    is small. A draining instance moves any priority. With `max_num_blocks` (the
+    destination's free blocks when the pair was formed), a request whose blocks and one of
+    growth would not fit there is passed over: its reserve would be refused (`no-room`).
     """
     if selector not in SELECTORS:
         raise ValueError(f"unknown migration selector {selector!r}; choose from {SELECTORS}")
     queued = movable_queued(inst, include_high=inst.is_draining) if queued_first else []
     pool = movable(inst, include_high=inst.is_draining)
+    if max_num_blocks is not None:
+        queued = [r for r in queued if r.num_blocks + 1 <= max_num_blocks]
+        pool = [r for r in pool if r.num_blocks + 1 <= max_num_blocks]
     if selector == "last-admitted":
         pool.sort(key=lambda r: (-r.admitted_seq, r.request_id))
     elif selector == "shortest":
@@ -125,6 +131,7 @@ def pair_migrations(view: ClusterView, params: PolicyParams, score: Freeness) ->
                         num_requests=params.requests_per_migration,
                         reason=_reason(src),
                         queued_first=params.migrate_queued,
+                        max_num_blocks=max(0, dst.num_free_blocks),
                     )
                 )
                 break

@@ -281,6 +281,7 @@ class Simulation:
                 src.load(now),
                 src.num_running + src.num_queued,
                 queued_first=decision.queued_first,
+                max_num_blocks=decision.max_num_blocks,
             )
         )
         by_id = {r.request_id: r for r in src.running()}
