@@ -90,8 +90,11 @@ class MigrationSource:
         transport: KvTransport,
         secret: str,
         start_runner: StartRunner,
+        arriving: set[str] | None = None,
     ) -> None:
         self.instance_id = instance_id
+        # Requests still migrating in (the destination role's set): not movable yet.
+        self.arriving = arriving if arriving is not None else set()
         self.engine = engine
         self.streams = streams
         self.records = records
@@ -126,7 +129,7 @@ class MigrationSource:
         refusal = record.prepared.sampling.migration_refusal()
         if refusal is not None:
             raise MigrationError(f"request {request_id} cannot migrate: {refusal}", refusal)
-        if request_id in self.migrating:
+        if request_id in self.migrating or request_id in self.arriving:
             raise MigrationError(f"request {request_id} is already migrating", MigrationAbort.BUSY)
         return record
 
@@ -139,14 +142,17 @@ class MigrationSource:
         queued_first: bool = True,
         max_num_blocks: int | None = None,
     ) -> list[str]:
+        # A request that just migrated in and has not started here is not moved on: its
+        # source still waits for its first token here (a queued request can wait a while).
+        busy = self.migrating | self.arriving
         picked = select_candidates(
             load,
-            num_requests + len(self.migrating),
+            num_requests + len(busy),
             selector,
             queued_first=queued_first,
             max_num_blocks=max_num_blocks,
         )
-        return [r for r in picked if r not in self.migrating][:num_requests]
+        return [r for r in picked if r not in busy][:num_requests]
 
     async def migrate(
         self, request_id: str, dst_url: str, dst_id: str, mode: str, pause_s: float = 0.0

@@ -42,6 +42,9 @@ class MigrationDestination:
         self.start_runner = start_runner
         self.idle_timeout_s = idle_timeout_s
         self.reservations: dict[str, Reservation] = {}
+        # Requests resumed here whose first token has not come yet: their migration in
+        # has not committed, so none may migrate out (see `MigrationSource.check`).
+        self.arriving: set[str] = set()
         self._janitor: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,7 +97,11 @@ class MigrationDestination:
         )  # fmt: skip
         t0 = time.perf_counter()
         self.start_runner(request.request_id, outputs)
-        await self._first_output(stream)
+        self.arriving.add(request.request_id)
+        try:
+            await self._first_output(stream)
+        finally:
+            self.arriving.discard(request.request_id)
         log.info(
             "migration %s: first token %.1f ms after resume", mid, (time.perf_counter() - t0) * 1000
         )

@@ -79,13 +79,13 @@ class Instance:
         self.spec: EngineSpec | None = None
         self.kv_address = ""
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.source = MigrationSource(
-            instance_id, engine, self.streams, self.records, self.transport, secret,
-            self.start_runner,
-        )  # fmt: skip
         self.destination = MigrationDestination(
             engine, self.streams, self.records, self.start_runner, migration_idle_timeout_s
         )
+        self.source = MigrationSource(
+            instance_id, engine, self.streams, self.records, self.transport, secret,
+            self.start_runner, arriving=self.destination.arriving,
+        )  # fmt: skip
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> EngineSpec:
@@ -249,14 +249,21 @@ class Instance:
         for rid in rids:
             self.source.check(rid)
         if not rids:
-            num = int(body.get("num_requests", 1))
+            num = _count(body, "num_requests", 1)
             selector = str(body.get("selector", self.selector))
             queued_first = bool(body.get("queued_first", True))
-            limit = body.get("max_num_blocks")
-            max_num_blocks = None if limit is None else int(limit)
+            limit = None if body.get("max_num_blocks") is None else _count(body, "max_num_blocks")
             rids = self.source.pick(
-                self.load(), num, selector, queued_first=queued_first, max_num_blocks=max_num_blocks
+                self.load(), num, selector, queued_first=queued_first, max_num_blocks=limit
             )
         pause_s = float(body.get("debug_pause_s", 0.0))
         jobs = [self.source.migrate(r, dst_url, dst_id, mode, pause_s) for r in rids]
         return list(await asyncio.gather(*jobs))
+
+
+def _count(body: dict[str, Any], key: str, default: int = 0) -> int:
+    """A non-negative integer field of a request body, or InputError naming it."""
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{key} must be a non-negative integer, not {value!r}")
+    return value

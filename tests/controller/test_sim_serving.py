@@ -281,3 +281,54 @@ def test_a_request_refused_by_a_draining_instance_goes_to_another(cluster):
     assert again.usage.completion_tokens == 2
     events = api(controller, "GET", "/api/events", params={"kind": "dispatch"}).json()["events"]
     assert events[-1]["instance"] == ids[1]
+
+
+def test_a_request_still_migrating_in_is_not_moved_on(controller_factory, agent_factory):
+    # B has one seat, taken by a HIGH request (never a migration candidate). R migrates
+    # from A to B (recompute: the sim engine queues it like a new request) and waits in
+    # B's queue: its migration in has not committed (A waits for its first token on B), so
+    # B must neither pick R nor accept a request to move it.
+    controller = controller_factory(models=[{"name": MODEL, "engine": "sim"}], policy="round-robin")
+    agent = agent_factory(controller.url)
+    (a,) = add_instances(agent, MODEL, 1, **FAST)
+    (b,) = add_instances(agent, MODEL, 1, speedup=5.0, profile={"max_num_seqs": 1})
+    url = {i: f"{agent.url}/instances/{i}" for i in (a, b)}
+    http = httpx.Client(headers=bearer(SECRET), timeout=120)
+
+    def generate(inst: str, rid: str, max_tokens: int, **extra: object) -> list[dict]:
+        body = {
+            "request_id": rid,
+            "prompt": f"{rid} goes on",
+            "sampling": {"max_tokens": max_tokens},
+        }
+        with http.stream("POST", f"{url[inst]}/generate", json={**body, **extra}) as resp:
+            return [json.loads(line) for line in resp.iter_lines() if line.strip()]
+
+    def tokens(inst: str, rid: str) -> int:
+        rows = http.get(f"{url[inst]}/requests").json()
+        return next((r["num_output_tokens"] for r in rows if r["request_id"] == rid), 0)
+
+    def queued(inst: str) -> set[str]:
+        return {q["request_id"] for q in http.get(f"{url[inst]}/load").json()["load"]["queued"]}
+
+    def move(src: str, dst: str, **body: object) -> httpx.Response:
+        body = {"dst_url": url[dst], "dst_instance_id": dst, **body}
+        return http.post(f"{url[src]}/migrate", json=body)
+
+    with ThreadPoolExecutor(3) as pool:
+        seat = pool.submit(generate, b, "seat", 12_000, priority=1)
+        wait_for(lambda: tokens(b, "seat") > 0, what="B's seat taken")
+        r_on_a = pool.submit(generate, a, "r", 3000)
+        wait_for(lambda: tokens(a, "r") > 0, what="R decoding on A")
+        moving = pool.submit(move, a, b, request_ids=["r"], mode="recompute")
+        wait_for(lambda: "r" in queued(b), what="R queued on B")
+        picked = move(b, a, num_requests=1)
+        asked = move(b, a, request_ids=["r"])
+        http.post(f"{url[b]}/requests/seat/abort")
+        result = moving.result(timeout=60)
+        events = r_on_a.result(timeout=60)
+        seat.result(timeout=60)
+    assert picked.status_code == 200 and picked.json()["results"] == [], picked.text
+    assert asked.status_code == 409 and asked.json()["error"]["reason"] == "already-migrating"
+    assert result.json()["results"][0]["status"] == "committed", result.text
+    assert events[-1]["type"] == "migrated" and events[-1]["to_instance"] == b

@@ -51,6 +51,24 @@ async def test_bad_generate_input_is_a_400_with_one_line(vllm_instances, http, p
     assert needle in message and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"num_requests": "two"}, "num_requests"),
+        ({"max_num_blocks": -1}, "max_num_blocks"),
+        ({"mode": "teleport"}, "mode"),
+    ],
+    ids=["count", "room", "mode"],
+)
+async def test_bad_migrate_input_is_a_400_with_one_line(vllm_instances, http, extra, needle):
+    src, dst = vllm_instances
+    payload = {"dst_url": dst.url, "dst_instance_id": dst.instance_id, **extra}
+    resp = await http.post(f"{src.url}/migrate", json=payload)
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"]["message"]
+    assert needle in message and "\n" not in message
+
+
 async def test_bad_json_and_unknown_request(vllm_instances, http):
     url = vllm_instances[0].url
     resp = await http.post(f"{url}/generate", content=b"{not json")
