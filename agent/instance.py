@@ -76,7 +76,7 @@ def create_app(instance: Instance) -> FastAPI:
             raise AuthError("missing or wrong cluster secret")
 
     app = FastAPI(dependencies=[Depends(auth)])
-    app.add_exception_handler(LlumctlError, lambda _r, exc: error_response(exc))  # type: ignore[arg-type,return-value]
+    app.add_exception_handler(LlumctlError, lambda _r, exc: error_response(exc))
 
     @app.post("/generate")
     async def generate(request: Request) -> StreamingResponse:

@@ -50,8 +50,11 @@ log = logging.getLogger(__name__)
 MAX_DELTA_BLOCKS = 1
 MAX_NUM_STAGES = 8
 HTTP_TIMEOUT_S = 30.0
-# The destination answers a resume after the first token (a full prefill in recompute mode).
-RESUME_TIMEOUT_S = 180.0
+# The destination answers a resume after the first token (a full prefill in recompute mode);
+# it gives up (and drops its copy) after the time the source allows, which the source then
+# waits for plus a margin for the answer to come back: the destination decides first.
+RESUME_TIMEOUT_S = 170.0
+RESUME_REPLY_MARGIN_S = 10.0
 
 
 class MigrationAbort:
@@ -155,11 +158,12 @@ class MigrationSource:
         return [r for r in picked if r not in busy][:num_requests]
 
     async def migrate(
-        self, request_id: str, dst_url: str, dst_id: str, mode: str, pause_s: float = 0.0
-    ) -> MigrationResult:
+        self, request_id: str, dst_url: str, dst_id: str, mode: str, pause_s: float = 0.0,
+        resume_timeout_s: float = RESUME_TIMEOUT_S,
+    ) -> MigrationResult:  # fmt: skip
         record = self.check(request_id)
         self.migrating.add(request_id)
-        migration = _Migration(self, record, dst_url, dst_id, mode, pause_s)
+        migration = _Migration(self, record, dst_url, dst_id, mode, pause_s, resume_timeout_s)
         try:
             return await migration.run()
         except LlumctlError as exc:
@@ -205,14 +209,17 @@ class _Migration:
 
     def __init__(
         self, src: MigrationSource, record: RequestRecord, dst_url: str, dst_id: str,
-        mode: str, pause_s: float,
+        mode: str, pause_s: float, resume_timeout_s: float,
     ) -> None:  # fmt: skip
         self.src, self.record, self.mode, self.pause_s = src, record, mode, pause_s
+        self.resume_timeout_s = resume_timeout_s
         self.dst_url, self.dst_id = dst_url.rstrip("/"), dst_id
         self.rid = record.prepared.request_id
         self.mid = f"m-{uuid.uuid4().hex[:12]}"
         self.num_stages = self.num_blocks = self.at = 0
         self.downtime_ms = 0.0
+        # Set once B has answered the resume: from then on R is B's, never called off.
+        self.is_committed = False
         self.sender: KvSender | None = None
 
     def result(self, status: str, reason: str = "") -> MigrationResult:
@@ -256,7 +263,8 @@ class _Migration:
                 await self._precopy()
             return await self._stop_and_resume()
         except BaseException:
-            await self._cancel()
+            if not self.is_committed:
+                await self._cancel()
             raise
         finally:
             if self.sender is not None:
@@ -341,9 +349,11 @@ class _Migration:
             await self._post(
                 f"/migrate-in/{self.mid}/resume",
                 self._resume_body(stopped, num_staged_tokens),
-                RESUME_TIMEOUT_S,
+                self.resume_timeout_s + RESUME_REPLY_MARGIN_S,
             )
         except BaseException:
+            # B gave up or cannot be heard: R goes on here, and `run` cancels the
+            # migration on B, which drops any copy of R that B started.
             self._resume_here(stopped.output_token_ids)
             raise
         self.downtime_ms = (time.perf_counter() - t_stop) * 1000
@@ -353,8 +363,13 @@ class _Migration:
             (t_stopped - t_stop) * 1000,
             self.downtime_ms,
         )
-        await engine.release(self.rid)
+        # Committed: R runs on B from here on, whatever happens to A's copy of its blocks.
+        self.is_committed = True
         stream.migrated(self.dst_id, self.dst_url)
+        try:
+            await engine.release(self.rid)
+        except LlumctlError as exc:
+            log.warning("migration %s: releasing %s here failed: %s", self.mid, self.rid, exc)
         return self.result("committed")
 
     def _resume_body(self, stopped: Any, num_staged_tokens: int) -> dict[str, Any]:
@@ -366,6 +381,7 @@ class _Migration:
             "request": to_json_dict(request),
             "previous_output_ids": list(stopped.output_token_ids),
             "num_staged_tokens": num_staged_tokens,
+            "timeout_s": self.resume_timeout_s,
         }
 
     def _resume_here(self, previous: tuple[int, ...]) -> None:

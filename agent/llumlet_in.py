@@ -2,7 +2,10 @@
 
 A reservation holds room for one incoming request until the source resumes it, cancels
 it, or goes quiet for `idle_timeout_s` (source died): then the staged blocks are dropped,
-so nothing leaks and nothing waits forever.
+so nothing leaks and nothing waits forever. The source decides whether a migration
+commits: when the resumed request brings no first token in the time the source allows,
+or the source cancels a migration it has resumed here, the copy here is aborted, since the
+request goes on at the source.
 """
 
 from __future__ import annotations
@@ -14,15 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.engines.base import Engine, KvChunk, PreparedRequest
-from agent.llumlet import RequestRecord
+from agent.llumlet import RESUME_TIMEOUT_S, RequestRecord
 from agent.streams import RequestStream, StreamRegistry
 from llumctl.errors import EngineError, InputError, MigrationError, NotFoundError
 from llumctl.protocol import EventType, GenerateRequest, StreamEvent, from_json_dict
 
 log = logging.getLogger(__name__)
-
-# How long the destination waits for the resumed request's first token.
-RESUME_TIMEOUT_S = 170.0
 
 
 @dataclass
@@ -45,6 +45,9 @@ class MigrationDestination:
         # Requests resumed here whose first token has not come yet: their migration in
         # has not committed, so none may migrate out (see `MigrationSource.check`).
         self.arriving: set[str] = set()
+        # Migrations resumed here (id -> request id) whose request still runs: the source
+        # may yet call one off (its resume call failed), and then this copy must go.
+        self.resumed: dict[str, str] = {}
         self._janitor: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,6 +80,7 @@ class MigrationDestination:
         try:
             request = from_json_dict(GenerateRequest, body["request"])
             previous = tuple(int(t) for t in body["previous_output_ids"])
+            timeout_s = float(body.get("timeout_s", RESUME_TIMEOUT_S))
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"bad resume body: {exc}") from None
         if request.prompt_token_ids is None or request.request_id != res.request_id:
@@ -97,9 +101,14 @@ class MigrationDestination:
         )  # fmt: skip
         t0 = time.perf_counter()
         self.start_runner(request.request_id, outputs)
+        self._forget_ended()
+        self.resumed[mid] = request.request_id
         self.arriving.add(request.request_id)
         try:
-            await self._first_output(stream)
+            await self._first_output(stream, timeout_s)
+        except MigrationError:
+            await self._drop_copy(mid)
+            raise
         finally:
             self.arriving.discard(request.request_id)
         log.info(
@@ -107,20 +116,45 @@ class MigrationDestination:
         )
         return {"ok": True, "first_token_ms": (time.perf_counter() - t0) * 1000}
 
-    async def _first_output(self, stream: RequestStream) -> None:
+    async def _first_output(self, stream: RequestStream, timeout_s: float) -> None:
         async def first() -> StreamEvent:
             async for event in stream.events(stream.first_index):
                 return event
             raise AssertionError("a stream always ends with an end event")
 
         try:
-            event = await asyncio.wait_for(first(), RESUME_TIMEOUT_S)
+            event = await asyncio.wait_for(first(), timeout_s)
         except asyncio.TimeoutError:
-            raise MigrationError("resumed request produced no token", "dst-failed") from None
+            raise MigrationError(
+                f"resumed request produced no token in {timeout_s:g} s", "dst-failed"
+            ) from None
         if event.type == EventType.ERROR:
             raise MigrationError(f"resume failed: {event.message}", "dst-failed")
+        if event.type != EventType.TOKEN:
+            # Aborted here (a cancel) before its first token: nothing runs here to commit to.
+            raise MigrationError(f"resumed request ended here: {event.type.value}", "dst-failed")
+
+    async def _drop_copy(self, mid: str) -> None:
+        """Abort the request a called-off migration resumed here (it goes on at the
+        source); its runner then ends the stream here."""
+        rid = self.resumed.pop(mid, None)
+        stream = self.streams.find(rid) if rid is not None else None
+        if rid is None or stream is None or stream.is_ended:
+            return
+        log.warning("migration %s called off after resume: aborting %s here", mid, rid)
+        try:
+            await self.engine.abort(rid)
+        except (EngineError, NotFoundError) as exc:
+            log.warning("abort of %s: %s", rid, exc)
+
+    def _forget_ended(self) -> None:
+        for mid, rid in list(self.resumed.items()):
+            stream = self.streams.find(rid)
+            if stream is None or stream.is_ended:
+                del self.resumed[mid]
 
     async def cancel(self, mid: str) -> None:
+        await self._drop_copy(mid)
         self.reservations.pop(mid, None)
         try:
             await self.engine.cancel(mid)

@@ -121,10 +121,10 @@ def write_weights(out_dir: Path, size: ModelSize, seed: int) -> None:
         eos_token_id=1,
         pad_token_id=1,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
     model.save_pretrained(str(out_dir), safe_serialization=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from agent.engines.base import Engine, EngineOutput, EngineSpec
-from agent.llumlet import MigrationSource, RequestRecord
+from agent.llumlet import RESUME_TIMEOUT_S, MigrationSource, RequestRecord
 from agent.llumlet_in import MigrationDestination
 from agent.streams import RequestStream, StreamRegistry
 from agent.transfer import KvTransport, TcpTransport
@@ -73,8 +74,10 @@ class Instance:
         self.report_min_interval_s = report_min_interval_s
         self._report_failing = False
         self.selector = selector
-        self.streams = StreamRegistry()
         self.records: dict[str, RequestRecord] = {}
+        # A request's record goes when its stream is forgotten (it served migration and
+        # listing only), or a long-lived instance would keep every prompt it ever served.
+        self.streams = StreamRegistry(on_forget=lambda rid: self.records.pop(rid, None))
         self.is_draining = False
         self.spec: EngineSpec | None = None
         self.kv_address = ""
@@ -256,9 +259,21 @@ class Instance:
             rids = self.source.pick(
                 self.load(), num, selector, queued_first=queued_first, max_num_blocks=limit
             )
-        pause_s = float(body.get("debug_pause_s", 0.0))
-        jobs = [self.source.migrate(r, dst_url, dst_id, mode, pause_s) for r in rids]
+        pause_s = _seconds(body, "debug_pause_s", 0.0)
+        timeout_s = _seconds(body, "resume_timeout_s", RESUME_TIMEOUT_S)
+        if timeout_s <= 0:
+            raise InputError(f"resume_timeout_s must be positive, not {timeout_s!r}")
+        jobs = [self.source.migrate(r, dst_url, dst_id, mode, pause_s, timeout_s) for r in rids]
         return list(await asyncio.gather(*jobs))
+
+
+def _seconds(body: dict[str, Any], key: str, default: float) -> float:
+    """A non-negative number of seconds in a request body, or InputError naming it."""
+    value = body.get(key, default)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value < 0:
+        raise InputError(f"{key} must be a non-negative number of seconds, not {value!r}")
+    return float(value)
 
 
 def _count(body: dict[str, Any], key: str, default: int = 0) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from llumctl.errors import InputError, NotFoundError
 from llumctl.protocol import EventType, StreamEvent
@@ -111,10 +111,20 @@ class RequestStream:
 
 
 class StreamRegistry:
-    """All streams of an instance by request id; finished ones are kept for a while."""
+    """All streams of an instance by request id; finished ones are kept for a while.
 
-    def __init__(self) -> None:
+    `on_forget(request_id)` is called when a finished stream is dropped, so what the
+    instance keeps beside it (the request's record) goes with it.
+    """
+
+    def __init__(
+        self,
+        on_forget: Callable[[str], object] | None = None,
+        max_num_finished: int = MAX_NUM_FINISHED_STREAMS,
+    ) -> None:
         self._streams: OrderedDict[str, RequestStream] = OrderedDict()
+        self._on_forget = on_forget
+        self.max_num_finished = max_num_finished
 
     def create(self, stream: RequestStream) -> RequestStream:
         old = self._streams.get(stream.request_id)
@@ -139,5 +149,7 @@ class StreamRegistry:
 
     def _trim(self) -> None:
         ended = [rid for rid, s in self._streams.items() if s.is_ended]
-        for rid in ended[: max(0, len(ended) - MAX_NUM_FINISHED_STREAMS)]:
+        for rid in ended[: max(0, len(ended) - self.max_num_finished)]:
             del self._streams[rid]
+            if self._on_forget is not None:
+                self._on_forget(rid)

@@ -58,16 +58,14 @@ def select_candidates(
         raise ValueError(f"unknown migration selector {selector!r}; choose from {SELECTORS}")
     queued = movable_queued(inst, include_high=inst.is_draining) if queued_first else []
     pool = movable(inst, include_high=inst.is_draining)
-    if max_num_blocks is not None:
-        queued = [r for r in queued if r.num_blocks + 1 <= max_num_blocks]
-        pool = [r for r in pool if r.num_blocks + 1 <= max_num_blocks]
     if selector == "last-admitted":
         pool.sort(key=lambda r: (-r.admitted_seq, r.request_id))
     elif selector == "shortest":
         pool.sort(key=lambda r: (r.num_blocks, -r.admitted_seq, r.request_id))
     else:
         pool.sort(key=lambda r: (-r.num_blocks, -r.admitted_seq, r.request_id))
-    return [r.request_id for r in (queued + pool)[:num_requests]]
+    fits = [r for r in queued + pool if max_num_blocks is None or r.num_blocks < max_num_blocks]
+    return [r.request_id for r in fits[:num_requests]]
 
 
 def _is_source(inst: InstanceLoad, f: float, params: PolicyParams) -> bool:

@@ -76,3 +76,15 @@ async def test_tokens_appended_while_the_reader_holds_a_batch_are_not_missed():
     stream.append(1, "b")  # while the reader is busy with batch 0: no one is waiting yet
     nxt = await asyncio.wait_for(anext(batches), timeout=1.0)
     assert [e.index for e in nxt] == [1]
+
+
+def test_registry_forgets_the_oldest_finished_streams_and_says_which():
+    forgotten: list[str] = []
+    registry = StreamRegistry(on_forget=forgotten.append, max_num_finished=2)
+    running = registry.create(RequestStream("running"))
+    for rid in ("a", "b", "c", "d"):
+        registry.create(RequestStream(rid)).finish("stop")
+    registry.create(RequestStream("e"))
+    assert forgotten == ["a", "b"]
+    assert [s.request_id for s in registry.all()] == ["running", "c", "d", "e"]
+    assert registry.get("running") is running and registry.find("a") is None

@@ -57,8 +57,11 @@ async def test_bad_generate_input_is_a_400_with_one_line(vllm_instances, http, p
         ({"num_requests": "two"}, "num_requests"),
         ({"max_num_blocks": -1}, "max_num_blocks"),
         ({"mode": "teleport"}, "mode"),
+        ({"resume_timeout_s": "soon"}, "resume_timeout_s"),
+        ({"resume_timeout_s": 0}, "resume_timeout_s"),
+        ({"debug_pause_s": -1}, "debug_pause_s"),
     ],
-    ids=["count", "room", "mode"],
+    ids=["count", "room", "mode", "timeout-text", "timeout-zero", "pause"],
 )
 async def test_bad_migrate_input_is_a_400_with_one_line(vllm_instances, http, extra, needle):
     src, dst = vllm_instances

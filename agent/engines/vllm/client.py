@@ -32,7 +32,9 @@ class SocketClient:
         for _ in range(self._pool_size):
             self._pool.put_nowait(await asyncio.open_unix_connection(self._path))
 
-    async def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict, bytes]:
+    async def call(
+        self, header: dict[str, Any], payload: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
         reader, writer = await self._pool.get()
         try:
             await write_frame(writer, {**header, "id": next(self._ids)}, payload)
@@ -82,7 +84,7 @@ class SnapshotFeed:
     def row(self, key: str) -> dict[str, Any] | None:
         for row in self.latest["requests"]:
             if row["key"] == key:
-                return row
+                return dict(row)
         return None
 
     async def close(self) -> None:

@@ -125,7 +125,9 @@ class LlumConnector(KVConnectorBase_V1):
         loads, releases = self._sched.build_meta()
         return LlumConnectorMetadata(loads=loads, releases=releases)
 
-    def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict | None]:
+    def request_finished(
+        self, request: Any, block_ids: list[int]
+    ) -> tuple[bool, dict[str, Any] | None]:
         assert self._sched is not None
         return self._sched.request_finished(request, block_ids), None
 

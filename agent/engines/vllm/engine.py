@@ -101,7 +101,7 @@ class VllmEngine(Engine):
         info, _ = await self._worker.call({"op": "info"})
         self._tokenizer = self._llm.get_tokenizer()
         config = self._llm.vllm_config
-        self.block_size = config.cache_config.block_size
+        self.block_size = int(config.cache_config.block_size)
         self.max_model_len = config.model_config.max_model_len
         kv_shape = [n for d, n in enumerate(info["shape"]) if d != info["block_dim"]]
         self.bytes_per_block = info["bytes_per_block"]
@@ -276,7 +276,8 @@ class VllmEngine(Engine):
 
     async def num_full_blocks(self, request_id: str) -> int:
         row = self._running_row(request_id)
-        return min(row["computed"] // self.block_size, len(row["blocks"]))
+        num_computed_tokens: int = row["computed"]
+        return min(num_computed_tokens // self.block_size, len(row["blocks"]))
 
     async def read_kv(self, request_id: str, first_block: int, num_blocks: int) -> KvChunk:
         held = self._feed.latest["held"].get(request_id)

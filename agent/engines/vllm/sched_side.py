@@ -145,7 +145,7 @@ class SchedulerSide:
             self._admitted.pop(rid, None)
             self._loaded.discard(rid)
             is_held = bool(block_ids) and key in self._held_keys and request.is_finished()
-            if is_held:
+            if is_held and key is not None:
                 self._held_keys.discard(key)
                 self._held[key] = (rid, list(block_ids))
         self._publish()
