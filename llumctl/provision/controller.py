@@ -17,7 +17,7 @@ from llumctl.client import ControllerClient
 from llumctl.config import LOCAL, ClusterConfig, HostSpec
 from llumctl.errors import LlumctlError, ProvisionError
 from llumctl.provision.host import default_workdir, resolve_workdir
-from llumctl.provision.install import check_python, install_agent
+from llumctl.provision.install import check_python, install_agent, local_code_env
 from llumctl.provision.runner import CommandRunner, LocalRunner
 from llumctl.provision.service import Service
 from llumctl.provision.shell import quote
@@ -126,7 +126,8 @@ def _run(
             raise ProvisionError("the old controller did not stop")
         status = "restarted"
     svc.write_config(config)
-    pid = svc.start([python, "-m", "llumctl.controller", "--config", svc.path(".json")], {})
+    env = local_code_env() if where == LOCAL else {}
+    pid = svc.start([python, "-m", "llumctl.controller", "--config", svc.path(".json")], env)
     progress("controller", f"started (pid {pid}), waiting for {url}")
     deadline = time.monotonic() + START_TIMEOUT_S
     while not _healthy(url, secret):

@@ -17,7 +17,7 @@ from pathlib import Path
 from llumctl.client import AgentClient
 from llumctl.config import ClusterConfig, HostSpec
 from llumctl.errors import LlumctlError, ProvisionError
-from llumctl.provision.install import check_python, install_agent
+from llumctl.provision.install import check_python, install_agent, local_code_env
 from llumctl.provision.instances import desired_instances, ensure_instances, resolve_model_path
 from llumctl.provision.runner import CommandRunner, LocalRunner
 from llumctl.provision.service import Service
@@ -190,7 +190,10 @@ def _start_agent(
     svc.write_config(config)
     runner.put_bytes(ctx.secret.encode() + b"\n", f"{outcome.workdir}/secret", 0o600)
     argv = [outcome.python, "-m", "agent", "--config", svc.path(".json")]
-    outcome.agent_pid = svc.start(argv, host.env)
+    env = host.env
+    if ctx.wheel is None:  # a local cluster: the agent runs this CLI's own code
+        env = {**host.env, **local_code_env(host.env if "PYTHONPATH" in host.env else None)}
+    outcome.agent_pid = svc.start(argv, env)
     ctx.progress(host.name, f"agent started (pid {outcome.agent_pid}), waiting for it")
     _wait_healthy(svc, outcome, ctx.secret)
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import llumctl
@@ -27,6 +28,21 @@ def source_root() -> Path | None:
     """The project directory this package was installed from (editable/source installs)."""
     root = Path(llumctl.__file__).resolve().parent.parent
     return root if (root / "pyproject.toml").is_file() else None
+
+
+def local_code_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a service this CLI starts on this machine, so that it runs the very
+    llumctl the CLI runs: a source tree's directory goes first on PYTHONPATH. A checkout
+    run as `python -m llumctl.cli.main` from its own directory is otherwise invisible to a
+    service started in its work directory, which would run whatever llumctl the
+    interpreter has installed, or fail to start. `base` holds the PYTHONPATH to keep
+    (default: this process's)."""
+    root = source_root()
+    if root is None:  # an installed wheel: every process of this interpreter finds it
+        return {}
+    kept = (os.environ if base is None else base).get("PYTHONPATH", "")
+    paths = [str(root), *(p for p in kept.split(os.pathsep) if p)]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
 def _sources_hash(root: Path) -> str:

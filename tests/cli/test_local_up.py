@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -248,6 +250,46 @@ def test_up_reports_an_engine_that_fails_at_start_with_its_reason(tmp_path: Path
         status = json.loads(run(home, "status", "--json").stdout)
         failed = {f["id"]: f["reason"] for f in status["failed_instances"]}
         assert "max_model_len" in failed["localhost-0"], failed
+    finally:
+        if (home / "state.json").exists():
+            down_and_check(home)
+
+
+def test_a_cli_run_from_a_source_tree_starts_that_trees_code(tmp_path: Path) -> None:
+    # A checkout run as `python -m llumctl.cli.main` from its own directory (not the
+    # installed llumctl): the controller and agent it starts in their work directories run
+    # the checkout's code too, not whatever llumctl the interpreter has installed.
+    repo = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "checkout"
+    for name in ("llumctl", "agent"):
+        shutil.copytree(repo / name, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "pyproject.toml", checkout / "pyproject.toml")
+    init = checkout / "llumctl" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "checkout-'))
+    port, agent_port = free_port(), free_port()
+    cluster = tmp_path / "sim.toml"
+    cluster.write_text(
+        f'name = "checkout"\n[controller]\nhost = "local"\nport = {port}\n'
+        '[model]\nname = "sim-7b"\npath = "sim"\n'
+        f'[[hosts]]\nname = "here"\naddress = "local"\nagent_port = {agent_port}\n'
+        '[[hosts.instances]]\nengine = "sim"\ncount = 1\n'
+    )
+    home = tmp_path / "home"
+    env = {**os.environ, "LLUMCTL_HOME": str(home), "COLUMNS": "120"}
+    env.pop("PYTHONPATH", None)
+    cmd = [sys.executable, "-m", "llumctl.cli.main", "up", str(cluster)]
+    result = subprocess.run(cmd, env=env, cwd=checkout, capture_output=True, text=True, timeout=300)
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        state = json.loads((home / "state.json").read_text())
+        health = httpx.get(
+            state["hosts"][0]["agent_url"] + "/health",
+            headers={"Authorization": f"Bearer {state['secret']}"},
+            timeout=10,
+        )
+        assert health.json()["version"].startswith("checkout-"), health.text
+        environ = Path(f"/proc/{state['controller_pid']}/environ").read_bytes().split(b"\0")
+        assert f"PYTHONPATH={checkout}".encode() in environ
     finally:
         if (home / "state.json").exists():
             down_and_check(home)
