@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,10 +82,13 @@ class MigrationDestination:
             request = from_json_dict(GenerateRequest, body["request"])
             previous = tuple(int(t) for t in body["previous_output_ids"])
             timeout_s = float(body.get("timeout_s", RESUME_TIMEOUT_S))
+            num_staged_tokens = int(body.get("num_staged_tokens", 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"bad resume body: {exc}") from None
         if request.prompt_token_ids is None or request.request_id != res.request_id:
             raise InputError("resume needs the reserved request with its prompt_token_ids")
+        if not 0 < timeout_s < math.inf or num_staged_tokens < 0:
+            raise InputError("resume needs a positive timeout_s and num_staged_tokens >= 0")
         del self.reservations[mid]
         prepared = PreparedRequest(
             request.request_id, request.prompt_token_ids, request.sampling, request.priority
@@ -97,7 +101,7 @@ class MigrationDestination:
         self.records[request.request_id] = RequestRecord(request, prepared)
         outputs = self.engine.resume(
             mid, prepared, previous_output_ids=previous,
-            num_staged_tokens=int(body.get("num_staged_tokens", 0)),
+            num_staged_tokens=num_staged_tokens,
         )  # fmt: skip
         t0 = time.perf_counter()
         self.start_runner(request.request_id, outputs)

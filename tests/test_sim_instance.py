@@ -166,6 +166,48 @@ def test_a_resumed_request_decodes_in_its_first_step() -> None:
     assert dst.generated(req) == 3
 
 
+def test_a_request_resumed_with_every_seat_taken_waits_with_its_kv_then_decodes() -> None:
+    """vLLM queues a resumed request like any other when max_num_seqs are running; its
+    staged KV stays held, and it joins without a prefill once a seat is free."""
+    one_seat = LatencyProfile(
+        num_total_blocks=20, watermark_blocks=0, max_num_batched_tokens=64, max_num_seqs=1
+    )
+    src, dst = SimInstance("a", one_seat), SimInstance("b", one_seat)
+    seat = SimRequest("seat", prompt_tokens=10, output_tokens=3)
+    dst.add(seat)
+    dst.step()
+    req = SimRequest("r", prompt_tokens=40, output_tokens=30)
+    src.add(req)
+    src.step()
+    src.step()
+    num_blocks = src.blocks_of(req)
+    assert dst.reserve(num_blocks)
+    src.release(src.stop(req))
+    dst.resume(req, num_blocks)
+    assert req.state == QUEUED and dst.num_queued == 1 and dst.num_staged_blocks == num_blocks
+    while seat.state != FINISHED:
+        result = dst.step()
+        assert result is not None and req not in result.decoded
+    joined = dst.step()
+    assert joined is not None and joined.num_prefill_tokens == 0 and req in joined.decoded
+    assert dst.num_staged_blocks == 0 and dst.generated(req) == 3
+    assert run_until_idle(dst) == [req] and dst.num_free_blocks == 20
+
+
+def test_a_queued_resumed_request_that_leaves_frees_its_staged_kv() -> None:
+    one_seat = LatencyProfile(num_total_blocks=20, watermark_blocks=0, max_num_seqs=1)
+    inst = SimInstance("b", one_seat)
+    inst.add(SimRequest("seat", prompt_tokens=10, output_tokens=50))
+    inst.step()
+    req = SimRequest("r", prompt_tokens=40, output_tokens=30)
+    req.num_generated = 2
+    assert inst.reserve(3)
+    inst.resume(req, 3)
+    assert inst.num_free_blocks == 20 - 1 - 3
+    inst.remove_queued(req)
+    assert inst.num_staged_blocks == 0 and inst.num_free_blocks == 19
+
+
 def test_the_load_reports_the_prefill_of_the_step_in_progress() -> None:
     """Step-aware dispatch reads it: between `step()` and the next one (the step the
     caller is running), the view shows that step's prompt tokens, and 0 once it decodes."""

@@ -27,7 +27,9 @@ counts are derived from a step counter, and the blocks needed per step are count
 the request's position inside its last block (16 residue classes).
 
 Migration primitives: `reserve`/`unreserve` staging blocks on a destination,
-`stop` (source keeps the blocks until `release`), `resume` on the destination.
+`stop` (source keeps the blocks until `release`), `resume` on the destination. A request
+resumed while every sequence seat is taken waits in the queue with its staged KV held, as
+vLLM queues it, and joins without a prefill when it reaches a seat.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class SimRequest:
         "num_preemptions",
         "preemption_loss_s",
         "first_token_delay_s",
+        "staged_blocks",
         "_load",
     )
 
@@ -96,6 +99,8 @@ class SimRequest:
         self.preemption_loss_s = 0.0
         # Latency outside the engine from busy neighbours (llumctl/sim/hosts.py).
         self.first_token_delay_s = 0.0
+        # Blocks of KV staged for it here while it waits, resumed, for a sequence seat.
+        self.staged_blocks = 0
         self._load: RequestLoad | None = None
 
     @property
@@ -215,6 +220,7 @@ class SimInstance:
         self._queue_version += 1
         for req in taken:
             req.instance = None
+            self._drop_staged(req)
         return taken
 
     def remove_queued(self, req: SimRequest) -> None:
@@ -227,6 +233,13 @@ class SimInstance:
             self._num_preempted_waiting -= 1
         req.state = STOPPED
         req.instance = None
+        self._drop_staged(req)
+
+    def _drop_staged(self, req: SimRequest) -> None:
+        """Free the KV staged for a resumed request that leaves the queue (it moves on
+        and is recomputed elsewhere)."""
+        self.unreserve(req.staged_blocks)
+        req.staged_blocks = 0
 
     def _head(self) -> SimRequest | None:
         for priority in sorted(self._queues, reverse=True):
@@ -295,6 +308,7 @@ class SimInstance:
     def _next_step(self) -> StepResult | None:
         if not self._num_queued:
             return self._decode_only_step()
+        self._join_staged_heads()
         if not self._running and not self._num_queued:
             return None
         preempted = self._allocate_decode_slots()
@@ -351,6 +365,16 @@ class SimInstance:
         finished = self._collect_finished() if heap and heap[0][0] <= self._step else ()
         return StepResult(decode_ms / 1000.0, (), finished, preempted, decoded, 0)
 
+    def _join_staged_heads(self) -> None:
+        """Resumed requests at the head of the queue take the seats that came free: they
+        decode in this step, as if resumed just before it."""
+        while self._num_queued and len(self._running) < self.profile.max_num_seqs:
+            head = self._head()
+            if head is None or not head.staged_blocks:
+                return
+            self._pop_head()
+            self._join_staged(head)
+
     def _allocate_decode_slots(self) -> tuple[SimRequest, ...]:
         """Give every running request room for its next token, preempting when short."""
         residue_class = (-self._step) % self._bs
@@ -381,6 +405,11 @@ class SimInstance:
         while self._num_queued and num_seqs < profile.max_num_seqs:
             head = self._head()
             assert head is not None
+            if head.staged_blocks:
+                self._pop_head()
+                self._join_staged(head)
+                num_seqs += 1
+                continue
             context = head.context_tokens
             if started and tokens + context > profile.max_num_batched_tokens:
                 break
@@ -440,11 +469,19 @@ class SimInstance:
     def resume(self, req: SimRequest, staged_blocks: int) -> None:
         """Start a migrated request whose KV was staged here: every token's but the last
         one's, the partial last block included, so it joins the next step's decode batch
-        (its last token is what that step computes), as on a real instance."""
-        self.unreserve(staged_blocks)
+        (its last token is what that step computes), as on a real instance. With every
+        sequence seat taken it queues (behind what already waits), its KV held."""
+        req.staged_blocks = staged_blocks
+        if self.num_running >= self.profile.max_num_seqs:
+            self.add(req)
+            return
+        self._join_staged(req)
+
+    def _join_staged(self, req: SimRequest) -> None:
+        self.unreserve(req.staged_blocks)
+        req.staged_blocks = 0
         kv = req.context_tokens - 1
-        blocks = -(-kv // self._bs)
-        self.num_used_blocks += blocks
+        self.num_used_blocks += -(-kv // self._bs)
         self._join(req, kv, req.num_generated)
 
     # ---- the policy's view -----------------------------------------------------------

@@ -138,3 +138,24 @@ def test_a_migration_called_off_after_the_resume_aborts_the_copy_on_the_destinat
     assert cancelled.status_code == 200, cancelled.text
     assert resumed.status_code == 409 and resumed.json()["error"]["reason"] == "dst-failed"
     assert on_b == {"seat"}, on_b
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"num_staged_tokens": "many"}, {"timeout_s": -1}, {"previous_output_ids": ["x"]}],
+    ids=["staged", "timeout", "outputs"],
+)
+def test_a_bad_resume_is_a_400_and_the_reservation_still_resumes(pair, bad):
+    url, http = pair.url[pair.b], pair.http
+    reserve = {"migration_id": "m-y", "request_id": "y", "num_blocks": 1}
+    assert http.post(f"{url}/migrate-in/reserve", json=reserve).status_code == 200
+    request = {"request_id": "y", "prompt_token_ids": [5, 6, 7], "sampling": {"max_tokens": 4}}
+    body = {"request": request, "previous_output_ids": [9], "timeout_s": 30}
+    refused = http.post(f"{url}/migrate-in/m-y/resume", json={**body, **bad})
+    assert refused.status_code == 400, refused.text
+    assert "\n" not in refused.json()["error"]["message"]
+    assert pair.row(pair.b, "y") == {}  # nothing of the request was started
+    resumed = http.post(f"{url}/migrate-in/m-y/resume", json=body)
+    assert resumed.status_code == 200 and resumed.json()["ok"], resumed.text
+    wait_for(lambda: pair.row(pair.b, "y").get("state") == "finished", what="Y finished on B")
+    assert pair.tokens(pair.b, "y") == 4
