@@ -268,3 +268,33 @@ async def test_a_queued_request_moves_without_kv_and_is_picked_first(vllm_instan
     assert trace.tokens == ref.tokens
     assert picked["request_id"] in fillers, outcome(picked)
     assert (picked["status"], picked["mode"], picked["at"]) == ("committed", "recompute", 0)
+
+
+async def test_a_resume_past_its_timeout_leaves_the_request_exact_at_its_source(
+    vllm_instances, http
+):
+    # The destination gets 1 ms for the resumed request's first token, which no engine
+    # step makes: it aborts its copy, and the source goes on with the request.
+    src, dst = vllm_instances
+    prompt = prompt_ids(120, seed=13)
+    ref = await follow(http, src.url, body("late-ref", prompt, 200))
+    task = asyncio.create_task(follow(http, src.url, body("late", prompt, 200)))
+    await wait_tokens(http, src.url, "late", 5)
+    resp = await migrate(http, src, dst, ["late"], resume_timeout_s=0.001)
+    trace = await task
+    (result,) = results_of(resp)
+    assert (result["status"], result["reason"]) == ("aborted", "dst-failed"), outcome(result)
+    assert [e["type"] for e in trace.ends] == ["finished"]
+    assert_contiguous(trace, 200)
+    assert trace.tokens == ref.tokens
+    # The copy on the destination was aborted, not left to run to its end.
+    (row,) = [
+        r for r in (await http.get(f"{dst.url}/requests")).json() if r["request_id"] == "late"
+    ]
+    assert row["state"] == "finished" and row["num_output_tokens"] < 200, row
+
+    async def is_gone() -> bool:
+        load = await load_of(http, dst.url)
+        return "late" not in {r["request_id"] for r in load["running"] + load["queued"]}
+
+    await wait_until(is_gone, "the copy gone from the destination's engine", timeout_s=30)

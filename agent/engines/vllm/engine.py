@@ -60,6 +60,9 @@ class _Live:
     previous_output_ids: tuple[int, ...] = ()
     delivered: list[int] = field(default_factory=list)
     is_stopped: bool = False
+    # Aborted by the instance: an abort that reached vLLM before the request did (it is
+    # added at the generator's first step) is a no-op there, so the runner ends it too.
+    is_aborted: bool = False
 
 
 class VllmEngine(Engine):
@@ -203,8 +206,8 @@ class VllmEngine(Engine):
         )
         try:
             async for out in self._llm.generate(prompt, params, vllm_id):
-                if live.is_stopped:
-                    return
+                if live.is_stopped or live.is_aborted:
+                    return  # leaving closes vLLM's generator, which aborts the request
                 comp = out.outputs[0]
                 tokens = tuple(comp.token_ids)
                 live.delivered.extend(tokens)
@@ -229,6 +232,7 @@ class VllmEngine(Engine):
         live = self._live.get(request_id)
         if live is None:
             raise NotFoundError(f"request {request_id!r} is not running")
+        live.is_aborted = True
         await self._llm.abort(live.vllm_id)
 
     def load(self) -> EngineLoad:
