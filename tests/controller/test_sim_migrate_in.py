@@ -54,6 +54,12 @@ class _Pair:
         body = {"dst_url": self.url[dst], "dst_instance_id": dst, **body}
         return self.http.post(f"{self.url[src]}/migrate", json=body)
 
+    def start_on_a(self, pool: ThreadPoolExecutor, rid: str, max_tokens: int):
+        """R streaming from A, once it decodes there."""
+        stream = pool.submit(self.generate, self.a, rid, max_tokens)
+        wait_for(lambda: self.tokens(self.a, rid) > 0, what=f"{rid} decoding on A")
+        return stream
+
     def take_b_seat(self, pool: ThreadPoolExecutor):
         """A HIGH request (never a migration candidate) in B's only seat."""
         seat = pool.submit(self.generate, self.b, "seat", 12_000, priority=1)
@@ -79,8 +85,7 @@ def test_a_request_still_migrating_in_is_not_moved_on(pair):
     a, b = pair.a, pair.b
     with ThreadPoolExecutor(3) as pool:
         seat = pair.take_b_seat(pool)
-        r_on_a = pool.submit(pair.generate, a, "r", 3000)
-        wait_for(lambda: pair.tokens(a, "r") > 0, what="R decoding on A")
+        r_on_a = pair.start_on_a(pool, "r", 3000)
         moving = pool.submit(pair.move, a, b, request_ids=["r"], mode="recompute")
         wait_for(lambda: "r" in pair.queued(b), what="R queued on B")
         picked = pair.move(b, a, num_requests=1)
@@ -102,8 +107,7 @@ def test_a_resume_that_brings_no_token_in_time_leaves_the_request_at_its_source(
     a, b = pair.a, pair.b
     with ThreadPoolExecutor(3) as pool:
         seat = pair.take_b_seat(pool)
-        r_on_a = pool.submit(pair.generate, a, "r", 1500)
-        wait_for(lambda: pair.tokens(a, "r") > 0, what="R decoding on A")
+        r_on_a = pair.start_on_a(pool, "r", 1500)
         moving = pair.move(a, b, request_ids=["r"], mode="recompute", resume_timeout_s=1.0)
         on_b = pair.engine_requests(b)
         events = r_on_a.result(timeout=60)
