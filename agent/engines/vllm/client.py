@@ -58,7 +58,9 @@ class SnapshotFeed:
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self.latest: dict[str, Any] = {"seq": 0, "free": 0, "total": 0, "requests": [], "held": {}}
+        self.latest: dict[str, Any] = {
+            "seq": 0, "free": 0, "total": 0, "requests": [], "held": {}, "held_outputs": {},
+        }  # fmt: skip
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 

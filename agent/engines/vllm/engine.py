@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # How long `stop` waits for the scheduler to confirm it kept a stopped request's blocks.
 STOP_CONFIRM_TIMEOUT_S = 10.0
+# How long `stop` waits for the tokens EngineCore sampled before the stop to arrive.
+DELIVERY_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -60,6 +62,10 @@ class _Live:
     previous_output_ids: tuple[int, ...] = ()
     delivered: list[int] = field(default_factory=list)
     is_stopped: bool = False
+    # The runner left vLLM's generator (a finish, an error, or after a stop or abort).
+    is_ended: bool = False
+    # Set at every output and at the end: `stop` waits on it for the step in flight.
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
     # Aborted by the instance: an abort that reached vLLM before the request did (it is
     # added at the generator's first step) is a no-op there, so the runner ends it too.
     is_aborted: bool = False
@@ -211,6 +217,7 @@ class VllmEngine(Engine):
                 comp = out.outputs[0]
                 tokens = tuple(comp.token_ids)
                 live.delivered.extend(tokens)
+                live.progress.set()
                 self._num_generated_tokens += len(tokens)
                 reason = comp.finish_reason if out.finished else None
                 delta = text.add(tokens, is_final=reason is not None)
@@ -225,6 +232,8 @@ class VllmEngine(Engine):
                 return
             raise EngineError(f"engine failed on request {rid}: {exc}") from exc
         finally:
+            live.is_ended = True
+            live.progress.set()
             if self._live.get(rid) is live and not live.is_stopped:
                 del self._live[rid]
 
@@ -297,13 +306,42 @@ class VllmEngine(Engine):
         if live is None or live.is_stopped:
             raise MigrationError(f"request {request_id} is no longer running", "finished")
         await self._sched.call({"op": "hold", "key": request_id})
+        row = self._feed.row(request_id)
+        if row is not None:
+            # End R in EngineCore alone, by its own id there: the front end still knows R,
+            # so the token of the step in flight reaches the client instead of being
+            # dropped, and the client waits for B's first step only, not for a wasted step
+            # here as well (AsyncLLM.abort forgets R in the front end first).
+            await self._llm.engine_core.abort_requests_async([row["id"]])
+            held = await self._wait_held(request_id)
+            await self._wait_delivered(live, self._feed.latest["held_outputs"].get(request_id, 0))
+            if live.is_ended:  # that step was its last (or the engine failed it)
+                await self.release(request_id)
+                raise MigrationError(f"request {request_id} finished at the stop", "finished")
         live.is_stopped = True
         delivered = tuple(live.previous_output_ids) + tuple(live.delivered)
+        # Forget R in the front end (and end it in EngineCore if it was not there yet).
         await self._llm.abort(live.vllm_id)
-        held = await self._wait_held(request_id)
+        if row is None:
+            held = await self._wait_held(request_id)
         num_tokens = len(live.prompt_token_ids) + len(delivered)
         num_kv_tokens = min(num_tokens - 1, len(held) * self.block_size)
         return StoppedRequest(request_id, live.prompt_token_ids, delivered, num_kv_tokens)
+
+    async def _wait_delivered(self, live: _Live, num_outputs: int) -> None:
+        """Until the front end has handed over the `num_outputs` tokens EngineCore had
+        sampled for R when it ended it, or R's generator ended. Past the timeout the cut
+        is at what arrived (the KV taken follows the cut, so it stays exact)."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while len(live.delivered) < num_outputs and not live.is_ended:
+            wait_s = deadline - time.monotonic()
+            if wait_s <= 0:
+                log.warning("stop of %s: %d of %d sampled tokens arrived; cutting there",
+                            live.vllm_id, len(live.delivered), num_outputs)  # fmt: skip
+                return
+            live.progress.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(live.progress.wait(), wait_s)
 
     async def _wait_held(self, request_id: str) -> list[int]:
         deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT_S

@@ -75,6 +75,10 @@ class SchedulerSide:
         self._num_admitted = 0
         self._held_keys: set[str] = set()
         self._held: dict[str, tuple[str, list[int]]] = {}  # key -> (vLLM id, kept blocks)
+        # key -> output tokens the stopped request had sampled when it ended: the llumlet
+        # waits for all of them to reach the client before it cuts (the step in flight at
+        # the stop still delivers its token).
+        self._held_outputs: dict[str, int] = {}
         self._to_release: list[str] = []
         self._computed_at_match: dict[str, int] = {}
         self._loaded: set[str] = set()
@@ -85,7 +89,7 @@ class SchedulerSide:
         self._num_preemptions = 0
         self._snapshot: dict[str, Any] = {
             "seq": 0, "free": num_total_blocks, "total": num_total_blocks, "requests": [],
-            "held": {}, "preemptions": 0,
+            "held": {}, "held_outputs": {}, "preemptions": 0,
         }  # fmt: skip
         serve_unix(socket_path, self._handle)
 
@@ -148,6 +152,7 @@ class SchedulerSide:
             if is_held and key is not None:
                 self._held_keys.discard(key)
                 self._held[key] = (rid, list(block_ids))
+                self._held_outputs[key] = request.num_output_tokens
         self._publish()
         return is_held
 
@@ -189,6 +194,7 @@ class SchedulerSide:
                 "total": self.num_total_blocks,
                 "requests": rows,
                 "held": {k: ids for k, (_, ids) in self._held.items()},
+                "held_outputs": dict(self._held_outputs),
                 "preemptions": self._num_preemptions,
             }
             self._cond.notify_all()
@@ -219,6 +225,7 @@ class SchedulerSide:
             if op == "release":
                 self._held_keys.discard(key)
                 held = self._held.pop(key, None)
+                self._held_outputs.pop(key, None)
                 if held is not None:
                     self._to_release.append(held[0])
                 return {"ok": True, "released": held is not None}
