@@ -62,7 +62,11 @@ class _Live:
     previous_output_ids: tuple[int, ...] = ()
     delivered: list[int] = field(default_factory=list)
     is_stopped: bool = False
-    # The runner left vLLM's generator (a finish, an error, or after a stop or abort).
+    # `stop` has begun: a length end below the request's own limit is the stop's cap.
+    is_stopping: bool = False
+    # The request ended here for good: a finish of its own (reported) or an error.
+    is_done: bool = False
+    # The runner left vLLM's generator (for any reason, a stop's cap included).
     is_ended: bool = False
     # Set at every output and at the end: `stop` waits on it for the step in flight.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -203,6 +207,7 @@ class VllmEngine(Engine):
             previous,
         )
         self._live[rid] = live
+        num_max_tokens = request.sampling.max_tokens - len(previous)  # this attempt's limit
         params = to_vllm_sampling(request.sampling, len(previous), {KEY: rid, **kv})
         prompt = {"prompt_token_ids": list(request.prompt_token_ids) + list(previous)}
         # Text from token ids only, seeded with the prompt's tail and any earlier output,
@@ -220,6 +225,9 @@ class VllmEngine(Engine):
                 live.progress.set()
                 self._num_generated_tokens += len(tokens)
                 reason = comp.finish_reason if out.finished else None
+                if reason == "length" and live.is_stopping and len(live.delivered) < num_max_tokens:
+                    reason = None  # the stop's cap, not the request's limit: it goes on elsewhere
+                live.is_done = reason is not None
                 delta = text.add(tokens, is_final=reason is not None)
                 if request.sampling.stop:
                     # vLLM trims a matched stop string from its own text; keep that.
@@ -230,6 +238,7 @@ class VllmEngine(Engine):
         except Exception as exc:
             if live.is_stopped:
                 return
+            live.is_done = True
             raise EngineError(f"engine failed on request {rid}: {exc}") from exc
         finally:
             live.is_ended = True
@@ -305,24 +314,25 @@ class VllmEngine(Engine):
         live = self._live.get(request_id)
         if live is None or live.is_stopped:
             raise MigrationError(f"request {request_id} is no longer running", "finished")
-        await self._sched.call({"op": "hold", "key": request_id})
-        row = self._feed.row(request_id)
-        if row is not None:
-            # End R in EngineCore alone, by its own id there: the front end still knows R,
-            # so the token of the step in flight reaches the client instead of being
-            # dropped, and the client waits for B's first step only, not for a wasted step
-            # here as well (AsyncLLM.abort forgets R in the front end first).
-            await self._llm.engine_core.abort_requests_async([row["id"]])
-            held = await self._wait_held(request_id)
+        live.is_stopping = True
+        reply, _ = await self._sched.call({"op": "hold", "key": request_id, "cap": True})
+        is_capped = bool(reply.get("capped"))
+        if is_capped:
+            # R ends in EngineCore after the steps already scheduled for it, and their
+            # tokens reach the client (the front end still knows R): the client then waits
+            # for B's first step only. An abort would throw away the token of the step in
+            # flight, and the client would wait for that step as well.
+            held = await self._wait_held(request_id, is_capped=True)
             await self._wait_delivered(live, self._feed.latest["held_outputs"].get(request_id, 0))
-            if live.is_ended:  # that step was its last (or the engine failed it)
+            if live.is_done:  # its last step came first (or the engine failed it)
                 await self.release(request_id)
                 raise MigrationError(f"request {request_id} finished at the stop", "finished")
         live.is_stopped = True
         delivered = tuple(live.previous_output_ids) + tuple(live.delivered)
-        # Forget R in the front end (and end it in EngineCore if it was not there yet).
+        # Forget R in the front end; not running (queued, or not in EngineCore yet), R had
+        # nothing in flight and this abort ends it.
         await self._llm.abort(live.vllm_id)
-        if row is None:
+        if not is_capped:
             held = await self._wait_held(request_id)
         num_tokens = len(live.prompt_token_ids) + len(delivered)
         num_kv_tokens = min(num_tokens - 1, len(held) * self.block_size)
@@ -343,15 +353,22 @@ class VllmEngine(Engine):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(live.progress.wait(), wait_s)
 
-    async def _wait_held(self, request_id: str) -> list[int]:
+    async def _wait_held(self, request_id: str, is_capped: bool = False) -> list[int]:
+        """R's kept blocks once EngineCore has ended R ([] if it ended holding none). A
+        capped R preempted before its last step would wait for a seat: it is aborted in
+        EngineCore instead (it has nothing in flight then)."""
         deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT_S
         while time.monotonic() < deadline:
             held = self._feed.latest["held"].get(request_id)
             if held is not None:
                 return list(held)
-            if self._feed.row(request_id) is None and self._feed.latest["seq"]:
+            row = self._feed.row(request_id)
+            if row is None and self._feed.latest["seq"]:
                 # Gone without its blocks kept (it had none): nothing to copy.
                 return []
+            if is_capped and row is not None and row["status"] != "RUNNING":
+                await self._llm.engine_core.abort_requests_async([row["id"]])
+                is_capped = False
             await self._feed.wait_change(0.05)
         raise EngineError(f"engine did not confirm the stop of {request_id}")
 

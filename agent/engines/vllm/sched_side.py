@@ -3,8 +3,10 @@
 It is the llumlet's eyes and one hand in the scheduler:
 - tracks every request (arrival order, status, block ids, computed tokens) and publishes a
   snapshot after every scheduling step to subscribers on a local socket;
-- keeps a stopped request's blocks ("hold") when the llumlet aborts it for migration, and
-  frees them when the llumlet says the last copy is done ("release");
+- stops a running request for migration at the end of the steps already scheduled for it
+  ("hold" with "cap": it ends there like any request at its length limit, so no step's
+  token for it is lost), keeps the stopped request's blocks, and frees them when the
+  llumlet says the last copy is done ("release");
 - on a migrated-in request, reports the staged blocks as an external cache hit and plans
   the copy of the staged KV into the blocks vLLM allocated for it.
 The llumlet's own request id rides in `kv_transfer_params["llumctl_key"]`, because vLLM
@@ -218,7 +220,7 @@ class SchedulerSide:
         with self._lock:
             if op == "hold":
                 self._held_keys.add(key)
-                return {"ok": True}
+                return {"ok": True, "capped": bool(header.get("cap")) and self._cap(key)}
             if op == "unhold":
                 self._held_keys.discard(key)
                 return {"ok": True}
@@ -230,6 +232,25 @@ class SchedulerSide:
                     self._to_release.append(held[0])
                 return {"ok": True, "released": held is not None}
         return {"ok": False, "error": f"unknown op {op}"}
+
+    def _cap(self, key: str) -> bool:
+        """End the running request `key` once the steps already scheduled for it are done.
+
+        An abort takes effect between two steps, and with async scheduling the next step
+        (with this request in it) is always scheduled by then: its token would be computed
+        and thrown away, and the client would wait a step longer at the splice. Lowering
+        `max_tokens` makes the request end after that step like any request at its limit
+        (the scheduler plans no step beyond it); its blocks are then held like an abort's.
+        One attribute write from this thread: should it race the engine thread's update,
+        the request ends a step earlier or later than planned, never before its next token,
+        and every token it samples still reaches the client."""
+        for request in self._requests.values():
+            if params_of(request).get(KEY) == key and request.status.name == "RUNNING":
+                in_flight = max(1, getattr(request, "num_output_placeholders", 0))
+                limit = request.num_output_tokens + in_flight
+                request.max_tokens = min(request.max_tokens, limit)
+                return True
+        return False
 
     def _push_snapshots(self, conn: socket.socket) -> None:
         """Send every new snapshot whose requests or held blocks changed at once, and one
