@@ -134,9 +134,15 @@ class Agent:
         self._beat.set()
 
     async def shutdown(self) -> None:
+        """Stop every instance (`POST /shutdown`, then again as the process exits)."""
         for iid in list(self.instances):
             with contextlib.suppress(LlumctlError):
                 await self.delete(iid)
+
+    async def close(self) -> None:
+        """Last, once the registration loop is done: it may still be calling the controller
+        after a `POST /shutdown` (each stopped instance wakes it), never after this."""
+        await self.shutdown()
         await self._http.aclose()
 
     # ---- supervision and registration ------------------------------------------------------
@@ -193,7 +199,7 @@ def create_app(config: AgentConfig) -> Any:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await agent.shutdown()
+            await agent.close()
 
     api = FastAPI(title="llumctl agent", lifespan=lifespan)
     api.state.agent = agent

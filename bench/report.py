@@ -38,6 +38,7 @@ def _cpu_line(name: str, cpu: dict[str, float]) -> str:
     return (
         f"`{name}` busy {cpu.get('busy', 0.0):.0f}: engines {cpu.get('engine', 0.0):.0f}, "
         f"servers {servers:.1f}, front {front:.1f}, client {cpu.get('client', 0.0):.1f}"
+        + (f", steal {cpu['steal']:.1f}" if "steal" in cpu else "")
     )
 
 
@@ -87,7 +88,8 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
             "",
             "CPU seconds per run by role (median; `busy` is all cores, every process; "
             "`front` is the controller and agent, or the router; `servers` the instance "
-            "or vLLM API processes): " + "; ".join(cpu_rows) + ".",
+            "or vLLM API processes; `steal` the time the hypervisor gave to other guests, "
+            "which the stacks run in turn cannot share evenly): " + "; ".join(cpu_rows) + ".",
         ]
     lines += [
         "",

@@ -327,3 +327,15 @@ def test_low_load_pair_gives_every_request_its_own_prompt_and_swaps_the_order() 
     assert len(set(prompts)) == len(prompts) == 8 and all(len(p) == 8 for p in prompts)
     assert pair["stack"]["ttft_median"] == 0.02 and pair["direct"]["ttft_median"] == 0.01
     assert pair["direct"]["tpot_median"] == pytest.approx(0.003)
+
+
+def test_the_report_gives_each_stack_its_cpu_by_role_and_the_hypervisors_steal():
+    from bench.report import _cpu_line
+
+    cpu = {"busy": 87.3, "engine": 68.1, "instance": 10.7, "controller": 3.4, "agent": 0.3}
+    line = _cpu_line("llumctl-llumnix", {**cpu, "client": 4.5, "steal": 6.04})
+    assert line == (
+        "`llumctl-llumnix` busy 87: engines 68, servers 10.7, front 3.7, client 4.5, steal 6.0"
+    )
+    # Results from before the steal counter say nothing about it.
+    assert "steal" not in _cpu_line("vllm-router-round_robin", {"router": 1.1})

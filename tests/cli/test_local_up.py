@@ -67,6 +67,11 @@ def down_and_check(home: Path) -> None:
     assert "no process left" in result.stdout
     assert [p for p in tree if is_alive(p)] == []
     assert not (home / "state.json").exists()
+    # Every agent shut down cleanly (no traceback from a call made after its end).
+    logs = list((home / "hosts").glob("*/agent.log"))
+    assert logs
+    for log in logs:
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 def test_sim_cluster_file_up_status_top_down(tmp_path: Path) -> None:

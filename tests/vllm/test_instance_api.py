@@ -305,3 +305,12 @@ def test_vllm_statistics_are_off_unless_asked_for(tmp_path):
     assert build_engine_args("m", {}, str(tmp_path)).disable_log_stats is True
     args = build_engine_args("m", {"disable_log_stats": False}, str(tmp_path))
     assert args.disable_log_stats is False
+
+
+def test_the_start_up_migration_warm_up_stops_its_request_cleanly(vllm_pair):
+    """Each engine migrates a dummy request to itself at start; its stop gets every token
+    the engine sampled before it (none left behind to wait for, no failure)."""
+    for proc in vllm_pair:
+        log = proc.log_path.read_text()
+        assert "warm-up migration failed" not in log
+        assert "cutting there" not in log

@@ -140,15 +140,23 @@ class VllmEngine(Engine):
         sampling = SamplingParams(max_tokens=512, temperature=0.0, ignore_eos=True)
         prompt = tuple(3 + i % 64 for i in range(2 * self.block_size + 3))
         request = PreparedRequest(rid, prompt, sampling)
+        # Read as a runner does: the stop waits for every token sampled before it.
+        started = asyncio.Event()
+
+        async def run() -> None:
+            async for _ in self.generate(request):
+                started.set()
+
+        runner = asyncio.create_task(run())
         try:
-            outputs = self.generate(request)
-            async for _ in outputs:
-                break
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
             stopped = await self.stop(rid)
+            await runner
             num_blocks = stopped.num_kv_blocks(self.block_size)
             chunk = await self.read_kv(rid, 0, num_blocks)
             await self.release(rid)
-            await outputs.aclose()  # type: ignore[attr-defined]
             # Without cached blocks the resumed request must load the staged ones.
             await self._llm.reset_prefix_cache()
             await self.reserve(mid, num_blocks + 1)
@@ -162,6 +170,8 @@ class VllmEngine(Engine):
             await self._llm.reset_prefix_cache()
         except Exception as exc:  # warm-up is an optimisation; never fail the start for it
             log.warning("engine warm-up migration failed: %r", exc)
+        finally:
+            runner.cancel()  # if it failed halfway: leaving vLLM's generator aborts the request
 
     async def shutdown(self) -> None:
         if self._llm is None:
