@@ -53,41 +53,40 @@ async def _hold(client: SocketClient, key: str) -> bool:
     return reply["capped"]
 
 
+async def _stopped_while_decoding(sched, *, max_tokens: int, num_in_flight: int):
+    """A request with 5 tokens back and `num_in_flight` steps scheduled, stopped (capped)."""
+    side, client = sched
+    request = _request("r@1-0a1b", "r", max_tokens=max_tokens)
+    side.on_new_request(request)
+    _decode(request, 5, num_in_flight=num_in_flight)
+    assert await _hold(client, "r")
+    return request
+
+
 @pytest.mark.parametrize("num_in_flight", [0, 1])
 async def test_a_running_request_ends_with_the_token_of_its_step_in_flight(sched, num_in_flight):
     """Synchronous scheduling (nothing scheduled between steps, the step in flight not
     yet counted) and async scheduling (one step scheduled ahead, as a placeholder)."""
     from vllm.v1.request import RequestStatus
 
-    side, client = sched
-    request = _request("r@1-0a1b", "r", max_tokens=100)
-    side.on_new_request(request)
-    _decode(request, 5, num_in_flight=num_in_flight)
-    assert await _hold(client, "r")
+    request = await _stopped_while_decoding(sched, max_tokens=100, num_in_flight=num_in_flight)
     assert _is_stopped_by_next_token(request)
     assert request.status == RequestStatus.FINISHED_LENGTH_CAPPED
     assert request.num_output_tokens == 6
     # Its blocks are kept for the copy, like an aborted request's.
+    side, _ = sched
     assert side.request_finished(request, [3, 4]) is True
 
 
 async def test_two_steps_in_flight_both_deliver_before_the_end(sched):
-    side, client = sched
-    request = _request("r@1-0a1b", "r", max_tokens=100)
-    side.on_new_request(request)
-    _decode(request, 5, num_in_flight=2)
-    assert await _hold(client, "r")
+    request = await _stopped_while_decoding(sched, max_tokens=100, num_in_flight=2)
     assert not _is_stopped_by_next_token(request)
     assert _is_stopped_by_next_token(request)
     assert request.num_output_tokens == 7
 
 
 async def test_the_cap_never_raises_a_request_limit(sched):
-    side, client = sched
-    request = _request("r@1-0a1b", "r", max_tokens=6)
-    side.on_new_request(request)
-    _decode(request, 5, num_in_flight=2)
-    assert await _hold(client, "r")
+    request = await _stopped_while_decoding(sched, max_tokens=6, num_in_flight=2)
     assert request.max_tokens == 6
 
 
