@@ -236,8 +236,8 @@ class SchedulerSide:
     def _cap(self, key: str) -> bool:
         """End the running request `key` once the steps already scheduled for it are done.
 
-        An abort takes effect between two steps, and with async scheduling the next step
-        (with this request in it) is always scheduled by then: its token would be computed
+        EngineCore applies an abort that arrives during a step before it takes that step's
+        outputs (`EngineCore.step`): the step's token for the request would be computed
         and thrown away, and the client would wait a step longer at the splice. Lowering
         `max_tokens` makes the request end after that step like any request at its limit
         (the scheduler plans no step beyond it); its blocks are then held like an abort's.
