@@ -32,12 +32,29 @@ def machine_section(suite: dict[str, Any]) -> list[str]:
     ]
 
 
+# CPU roles of each stack (bench/common/cpu.py): the stack that waits its turn idles, and
+# what it spends lands in the running stack's run, so a row shows it apart.
+STACK_ROLES = {
+    "llumctl": {"front": ("controller", "agent"), "servers": ("instance",)},
+    "vllm-router": {"front": ("router",), "servers": ("vllm-server",)},
+}
+
+
 def _cpu_line(name: str, cpu: dict[str, float]) -> str:
-    front = cpu.get("controller", 0.0) + cpu.get("agent", 0.0) + cpu.get("router", 0.0)
-    servers = cpu.get("instance", 0.0) + cpu.get("vllm-server", 0.0)
+    stack = "vllm-router" if name.startswith("vllm-router") else "llumctl"
+    roles = STACK_ROLES[stack]
+    front = sum(cpu.get(r, 0.0) for r in roles["front"])
+    servers = sum(cpu.get(r, 0.0) for r in roles["servers"])
+    idle = sum(
+        cpu.get(r, 0.0)
+        for other, kinds in STACK_ROLES.items()
+        if other != stack
+        for r in (*kinds["front"], *kinds["servers"])
+    )
     return (
         f"`{name}` busy {cpu.get('busy', 0.0):.0f}: engines {cpu.get('engine', 0.0):.0f}, "
         f"servers {servers:.1f}, front {front:.1f}, client {cpu.get('client', 0.0):.1f}"
+        + (f", other stack idle {idle:.1f}" if idle else "")
         + (f", steal {cpu['steal']:.1f}" if "steal" in cpu else "")
     )
 
@@ -88,8 +105,9 @@ def side_by_side_section(suite: dict[str, Any]) -> list[str]:
             "",
             "CPU seconds per run by role (median; `busy` is all cores, every process; "
             "`front` is the controller and agent, or the router; `servers` the instance "
-            "or vLLM API processes; `steal` the time the hypervisor gave to other guests, "
-            "which the stacks run in turn cannot share evenly): " + "; ".join(cpu_rows) + ".",
+            "or vLLM API processes; `other stack idle` what the stack waiting its turn spent "
+            "meanwhile (its engines' share is in `engines`); `steal` the time the hypervisor "
+            "gave to other guests): " + "; ".join(cpu_rows) + ".",
         ]
     lines += [
         "",

