@@ -39,7 +39,13 @@ import aiohttp
 from agent.engines.base import Engine, PreparedRequest, StoppedRequest
 from agent.streams import RequestStream, StreamRegistry
 from agent.transfer import KvSender, KvTransport
-from llumctl.errors import ConnectionFailed, LlumctlError, MigrationError, NotFoundError
+from llumctl.errors import (
+    ConnectionFailed,
+    EngineError,
+    LlumctlError,
+    MigrationError,
+    NotFoundError,
+)
 from llumctl.policy.freeness import blocks_for_tokens
 from llumctl.policy.migration import select_candidates
 from llumctl.protocol import GenerateRequest, MigrationResult, bearer, to_json_dict
@@ -67,6 +73,7 @@ class MigrationAbort:
     INCOMPATIBLE = "incompatible"  # different model/dtype/block size/layout
     DST_UNREACHABLE = "dst-unreachable"
     DST_FAILED = "dst-failed"  # B failed during the migration
+    SOURCE_FAILED = "source-failed"  # A's own engine failed a step (read, stop, resume)
     TRANSFER_FAILED = "transfer-failed"
     BUSY = "already-migrating"
 
@@ -167,11 +174,23 @@ class MigrationSource:
         try:
             return await migration.run()
         except LlumctlError as exc:
-            reason = getattr(exc, "reason", MigrationAbort.DST_FAILED)
+            reason = abort_reason(exc)
             log.info("migration of %s to %s aborted: %s (%s)", request_id, dst_id, reason, exc)
             return migration.result("aborted", reason=reason)
         finally:
             self.migrating.discard(request_id)
+
+
+def abort_reason(exc: LlumctlError) -> str:
+    """The named reason of a migration that failed with `exc`: the error's own, else the
+    side that failed. An engine error here comes from this instance's own engine (the
+    destination's failures reach us as HTTP answers or transfer errors, each named)."""
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return str(reason)
+    if isinstance(exc, EngineError):
+        return MigrationAbort.SOURCE_FAILED
+    return MigrationAbort.DST_FAILED
 
 
 def cut_at_stream(stopped: StoppedRequest, stream: RequestStream) -> StoppedRequest:
