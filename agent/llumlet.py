@@ -84,6 +84,21 @@ class RequestRecord:
 
     generate: GenerateRequest
     prepared: PreparedRequest
+    # Output tokens R made on earlier instances (migrated in); its stream here holds the rest.
+    previous_output_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class MigrationLimits:
+    """How long one migration's steps may take (the `/migrate` body's fields)."""
+
+    # B's first token of the resumed R, before B gives up and R goes on here.
+    resume_timeout_s: float = RESUME_TIMEOUT_S
+    # This engine confirming the stop (None: the engine's own default); past it the
+    # engine ends this attempt of R and R goes on here. 0 fails every stop (tests).
+    stop_timeout_s: float | None = None
+    # Test hook: pre-copy held after its first stage until R ends or this passes.
+    pause_s: float = 0.0
 
 
 # Starts a runner that feeds a request's stream from an engine output iterator.
@@ -165,12 +180,12 @@ class MigrationSource:
         return [r for r in picked if r not in busy][:num_requests]
 
     async def migrate(
-        self, request_id: str, dst_url: str, dst_id: str, mode: str, pause_s: float = 0.0,
-        resume_timeout_s: float = RESUME_TIMEOUT_S,
+        self, request_id: str, dst_url: str, dst_id: str, mode: str,
+        limits: MigrationLimits = MigrationLimits(),
     ) -> MigrationResult:  # fmt: skip
         record = self.check(request_id)
         self.migrating.add(request_id)
-        migration = _Migration(self, record, dst_url, dst_id, mode, pause_s, resume_timeout_s)
+        migration = _Migration(self, record, dst_url, dst_id, mode, limits)
         try:
             return await migration.run()
         except LlumctlError as exc:
@@ -228,10 +243,12 @@ class _Migration:
 
     def __init__(
         self, src: MigrationSource, record: RequestRecord, dst_url: str, dst_id: str,
-        mode: str, pause_s: float, resume_timeout_s: float,
+        mode: str, limits: MigrationLimits,
     ) -> None:  # fmt: skip
-        self.src, self.record, self.mode, self.pause_s = src, record, mode, pause_s
-        self.resume_timeout_s = resume_timeout_s
+        self.src, self.record, self.mode = src, record, mode
+        self.resume_timeout_s = limits.resume_timeout_s
+        self.stop_timeout_s = limits.stop_timeout_s
+        self.pause_s = limits.pause_s
         self.dst_url, self.dst_id = dst_url.rstrip("/"), dst_id
         self.rid = record.prepared.request_id
         self.mid = f"m-{uuid.uuid4().hex[:12]}"
@@ -353,7 +370,13 @@ class _Migration:
     async def _stop_and_resume(self) -> MigrationResult:
         engine, stream = self.src.engine, self.src.streams.get(self.rid)
         t_stop = time.perf_counter()
-        stopped = await engine.stop(self.rid)
+        try:
+            stopped = await engine.stop(self.rid, self.stop_timeout_s)
+        except EngineError:
+            # No confirmed stop: the engine ended this attempt of R for good (the base's
+            # contract), so R goes on here from what its stream holds, recomputed.
+            self._resume_here(self.record.previous_output_ids + tuple(stream.token_ids()))
+            raise
         t_stopped = time.perf_counter()
         spec = getattr(engine, "spec", None)
         stopped = cut_at_stream(stopped, stream)
@@ -404,7 +427,8 @@ class _Migration:
         }
 
     def _resume_here(self, previous: tuple[int, ...]) -> None:
-        """B failed after the stop: continue R here (its kept blocks are a cache hit)."""
+        """B failed after the stop, or the stop failed: continue R here (blocks it kept
+        are a prefix-cache hit)."""
         engine = self.src.engine
         outputs = engine.resume(
             f"{self.mid}-back",

@@ -98,7 +98,7 @@ class MigrationDestination:
             num_prompt_tokens=len(request.prompt_token_ids),
         )  # fmt: skip
         self.streams.create(stream)
-        self.records[request.request_id] = RequestRecord(request, prepared)
+        self.records[request.request_id] = RequestRecord(request, prepared, previous)
         outputs = self.engine.resume(
             mid, prepared, previous_output_ids=previous,
             num_staged_tokens=num_staged_tokens,

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from agent.engines.base import Engine, EngineOutput, EngineSpec
-from agent.llumlet import RESUME_TIMEOUT_S, MigrationSource, RequestRecord
+from agent.llumlet import RESUME_TIMEOUT_S, MigrationLimits, MigrationSource, RequestRecord
 from agent.llumlet_in import MigrationDestination
 from agent.streams import RequestStream, StreamRegistry
 from agent.transfer import KvTransport, TcpTransport
@@ -79,6 +79,10 @@ class Instance:
         # listing only), or a long-lived instance would keep every prompt it ever served.
         self.streams = StreamRegistry(on_forget=lambda rid: self.records.pop(rid, None))
         self.is_draining = False
+        # The engine output iterator feeding each request's stream. A request resumed here
+        # (its migration failed) gets a new one; the old attempt's runner may end later
+        # and must not end the stream the new one feeds.
+        self._feeders: dict[str, Any] = {}
         self.spec: EngineSpec | None = None
         self.kv_address = ""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -123,23 +127,31 @@ class Instance:
         return stream
 
     def start_runner(self, request_id: str, outputs: Any) -> None:
+        self._feeders[request_id] = outputs
         self._spawn(self._run(self.streams.get(request_id), outputs))
 
     async def _run(self, stream: RequestStream, outputs: Any) -> None:
+        rid = stream.request_id
         try:
             async for out in outputs:
                 self._append(stream, out)
                 if out.finish_reason is not None:
                     stream.finish(out.finish_reason)
                     return
-            # Ended without a finish: stopped for migration; the llumlet ends the stream.
-            if stream.request_id not in self.source.migrating:
+            # Ended without a finish: stopped for migration; the llumlet ends the stream,
+            # or resumed R here under a new runner.
+            if self._feeders.get(rid) is outputs and rid not in self.source.migrating:
                 stream.finish("abort")
         except LlumctlError as exc:
-            stream.fail(str(exc), exc.http_status)
+            if self._feeders.get(rid) is outputs:
+                stream.fail(str(exc), exc.http_status)
         except Exception as exc:  # an engine bug must end the stream, not hang readers
-            log.exception("request %s failed", stream.request_id)
-            stream.fail(f"engine error: {exc!r}", 500)
+            log.exception("request %s failed", rid)
+            if self._feeders.get(rid) is outputs:
+                stream.fail(f"engine error: {exc!r}", 500)
+        finally:
+            if self._feeders.get(rid) is outputs:
+                del self._feeders[rid]
 
     @staticmethod
     def _append(stream: RequestStream, out: EngineOutput) -> None:
@@ -259,11 +271,18 @@ class Instance:
             rids = self.source.pick(
                 self.load(), num, selector, queued_first=queued_first, max_num_blocks=limit
             )
-        pause_s = _seconds(body, "debug_pause_s", 0.0)
-        timeout_s = _seconds(body, "resume_timeout_s", RESUME_TIMEOUT_S)
-        if timeout_s <= 0:
-            raise InputError(f"resume_timeout_s must be positive, not {timeout_s!r}")
-        jobs = [self.source.migrate(r, dst_url, dst_id, mode, pause_s, timeout_s) for r in rids]
+        limits = MigrationLimits(
+            resume_timeout_s=_seconds(body, "resume_timeout_s", RESUME_TIMEOUT_S),
+            stop_timeout_s=(
+                None
+                if body.get("debug_stop_timeout_s") is None
+                else _seconds(body, "debug_stop_timeout_s", 0.0)
+            ),
+            pause_s=_seconds(body, "debug_pause_s", 0.0),
+        )
+        if limits.resume_timeout_s <= 0:
+            raise InputError(f"resume_timeout_s must be positive, not {limits.resume_timeout_s!r}")
+        jobs = [self.source.migrate(r, dst_url, dst_id, mode, limits) for r in rids]
         return list(await asyncio.gather(*jobs))
 
 

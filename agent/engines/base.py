@@ -18,6 +18,10 @@ Changes since the first draft (additive but the last):
 - 2026-11-29: `StoppedRequest.num_kv_tokens` and `resume(num_staged_tokens=...)` replace
   `num_full_blocks` / `num_staged_blocks`: the partial last block is copied too, so the
   destination computes one token instead of recomputing that block.
+- 2026-11-29: `stop(request_id, timeout_s)`; an EngineError from `stop` means the engine
+  could not confirm the stop and ended that attempt of the request for good (its `generate`
+  ends without a finish_reason, no blocks kept, nothing to `release`): the llumlet resumes
+  the request from its stream.
 """
 
 from __future__ import annotations
@@ -156,8 +160,11 @@ class Engine(abc.ABC):
         """Copy out full blocks [first_block, first_block + num_blocks) of a request."""
 
     @abc.abstractmethod
-    async def stop(self, request_id: str) -> StoppedRequest:
-        """Stop a running request for migration, keeping its blocks until `release`."""
+    async def stop(self, request_id: str, timeout_s: float | None = None) -> StoppedRequest:
+        """Stop a running request for migration, keeping its blocks until `release`.
+
+        `timeout_s` bounds the wait for the engine to confirm the stop (None: the engine's
+        default); past it, EngineError, with that attempt of the request ended here."""
 
     @abc.abstractmethod
     async def release(self, request_id: str) -> None:

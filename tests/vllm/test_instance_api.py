@@ -60,8 +60,9 @@ async def test_bad_generate_input_is_a_400_with_one_line(vllm_instances, http, p
         ({"resume_timeout_s": "soon"}, "resume_timeout_s"),
         ({"resume_timeout_s": 0}, "resume_timeout_s"),
         ({"debug_pause_s": -1}, "debug_pause_s"),
+        ({"debug_stop_timeout_s": "never"}, "debug_stop_timeout_s"),
     ],
-    ids=["count", "room", "mode", "timeout-text", "timeout-zero", "pause"],
+    ids=["count", "room", "mode", "timeout-text", "timeout-zero", "pause", "stop-timeout"],
 )
 async def test_bad_migrate_input_is_a_400_with_one_line(vllm_instances, http, extra, needle):
     src, dst = vllm_instances

@@ -298,3 +298,25 @@ async def test_a_resume_past_its_timeout_leaves_the_request_exact_at_its_source(
         return "late" not in {r["request_id"] for r in load["running"] + load["queued"]}
 
     await wait_until(is_gone, "the copy gone from the destination's engine", timeout_s=30)
+
+
+async def test_a_stop_the_engine_does_not_confirm_leaves_the_request_exact_at_its_source(
+    vllm_instances, http
+):
+    # The source gets no time for its engine to confirm the stop: the engine ends that
+    # attempt of the request, and the llumlet resumes it from its stream (recomputed). The
+    # old attempt's end must not end the stream the resumed one feeds.
+    src, dst = vllm_instances
+    prompt = prompt_ids(100, seed=17)
+    ref = await follow(http, src.url, body("unconfirmed-ref", prompt, 160))
+    task = asyncio.create_task(follow(http, src.url, body("unconfirmed", prompt, 160)))
+    await wait_tokens(http, src.url, "unconfirmed", 5)
+    resp = await migrate(http, src, dst, ["unconfirmed"], debug_stop_timeout_s=0)
+    trace = await task
+    (result,) = results_of(resp)
+    assert (result["status"], result["reason"]) == ("aborted", "source-failed"), outcome(result)
+    assert [e["type"] for e in trace.ends] == ["finished"]
+    assert_contiguous(trace, 160)
+    assert trace.tokens == ref.tokens
+    # Nothing left behind on the source: no request in its engine, no kept blocks.
+    await wait_until(lambda: _is_empty(http, src.url), "the source's engine empty", timeout_s=30)

@@ -253,7 +253,8 @@ class SimEngine(Engine):
         # Simulated KV: the chunk carries the block count, not the bytes.
         return KvChunk(first_block, num_blocks, b"")
 
-    async def stop(self, request_id: str) -> StoppedRequest:
+    async def stop(self, request_id: str, timeout_s: float | None = None) -> StoppedRequest:
+        # The simulated stop is immediate: nothing to wait for, `timeout_s` never bites.
         queued = self._live.get(request_id)
         if queued is not None and not queued.is_stopped and queued.req.state == QUEUED:
             return self._stop_queued(queued)

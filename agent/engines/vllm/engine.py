@@ -320,11 +320,19 @@ class VllmEngine(Engine):
         _, payload = await self._worker.call({"op": "read", "ids": ids})
         return KvChunk(first_block, num_blocks, payload)
 
-    async def stop(self, request_id: str) -> StoppedRequest:
+    async def stop(self, request_id: str, timeout_s: float | None = None) -> StoppedRequest:
         live = self._live.get(request_id)
         if live is None or live.is_stopped:
             raise MigrationError(f"request {request_id} is no longer running", "finished")
         live.is_stopping = True
+        try:
+            return await self._stop(request_id, live, timeout_s)
+        except EngineError:
+            await self._end_attempt(request_id, live)
+            raise
+
+    async def _stop(self, request_id: str, live: _Live, timeout_s: float | None) -> StoppedRequest:
+        timeout_s = STOP_CONFIRM_TIMEOUT_S if timeout_s is None else timeout_s
         reply, _ = await self._sched.call({"op": "hold", "key": request_id, "cap": True})
         is_capped = bool(reply.get("capped"))
         if is_capped:
@@ -332,7 +340,7 @@ class VllmEngine(Engine):
             # tokens reach the client (the front end still knows R): the client then waits
             # for B's first step only. An abort would throw away the token of the step in
             # flight, and the client would wait for that step as well.
-            held = await self._wait_held(request_id, is_capped=True)
+            held = await self._wait_held(request_id, timeout_s, is_capped=True)
             await self._wait_delivered(live, self._feed.latest["held_outputs"].get(request_id, 0))
             if live.is_done:  # its last step came first (or the engine failed it)
                 await self.release(request_id)
@@ -343,7 +351,7 @@ class VllmEngine(Engine):
         # nothing in flight and this abort ends it.
         await self._llm.abort(live.vllm_id)
         if not is_capped:
-            held = await self._wait_held(request_id)
+            held = await self._wait_held(request_id, timeout_s)
         num_tokens = len(live.prompt_token_ids) + len(delivered)
         num_kv_tokens = min(num_tokens - 1, len(held) * self.block_size)
         return StoppedRequest(request_id, live.prompt_token_ids, delivered, num_kv_tokens)
@@ -363,11 +371,25 @@ class VllmEngine(Engine):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(live.progress.wait(), wait_s)
 
-    async def _wait_held(self, request_id: str, is_capped: bool = False) -> list[int]:
+    async def _end_attempt(self, request_id: str, live: _Live) -> None:
+        """A stop EngineCore did not confirm: end this attempt of R for good, its blocks
+        freed rather than kept, so the llumlet can resume R from its stream. Left as it
+        is, R would end at the stop's cap later, with nobody to continue it."""
+        live.is_stopped = True  # its generator leaves at its next output
+        # An engine that failed the stop may fail these too: the stop's error is the one
+        # to report, and the generator still leaves at R's next output or end.
+        with contextlib.suppress(Exception):
+            await self.release(request_id)  # no longer held, whenever R ends
+        with contextlib.suppress(Exception):
+            await self._llm.abort(live.vllm_id)
+
+    async def _wait_held(
+        self, request_id: str, timeout_s: float, is_capped: bool = False
+    ) -> list[int]:
         """R's kept blocks once EngineCore has ended R ([] if it ended holding none). A
         capped R preempted before its last step would wait for a seat: it is aborted in
         EngineCore instead (it has nothing in flight then)."""
-        deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             held = self._feed.latest["held"].get(request_id)
             if held is not None:
