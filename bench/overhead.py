@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from llumctl.bench.lines import iter_lines
 from llumctl.bench.loadgen import prompt_token_ids
 from llumctl.bench.stats import percentile
 
@@ -68,7 +69,7 @@ def openai_probe(url: str, model: str = "tiny") -> Probe:
         t0 = time.perf_counter()
         async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
             resp.raise_for_status()
-            async for line in resp.aiter_lines():
+            async for line in iter_lines(resp.aiter_bytes()):
                 if line.startswith("data: {") and is_token_chunk(line[6:]):
                     times.append(time.perf_counter())
         return ttft_tpot(t0, times, out)
@@ -100,7 +101,7 @@ def instance_probe(url: str, secret: str) -> Probe:
         t0 = time.perf_counter()
         async with client.stream("POST", f"{url}/generate", json=body, headers=headers) as resp:
             resp.raise_for_status()
-            async for line in resp.aiter_lines():
+            async for line in iter_lines(resp.aiter_bytes()):
                 # The `finished` event too: the controller relays it as the closing chunk,
                 # which the OpenAI probe counts like vLLM's own last chunk.
                 if line.strip() and json.loads(line)["type"] in ("token", "finished"):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
+from llumctl.bench.lines import iter_lines
 from llumctl.bench.records import BenchRequest, RequestRecord
 from llumctl.errors import ConnectionFailed
 
@@ -124,7 +125,7 @@ class LoadGenerator:
                 if response.status_code >= 400:
                     text = (await response.aread()).decode(errors="replace")
                     raise _HttpFailure(f"HTTP {response.status_code}: {text[:200]}")
-                async for line in response.aiter_lines():
+                async for line in iter_lines(response.aiter_bytes()):
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
