@@ -270,23 +270,32 @@ async def test_a_queued_request_moves_without_kv_and_is_picked_first(vllm_instan
     assert (picked["status"], picked["mode"], picked["at"]) == ("committed", "recompute", 0)
 
 
+async def _aborted_and_exact_at_source(http, src, dst, rid, max_tokens, seed, **extra):
+    """R moved from `src` with `extra` in the /migrate body that makes the migration fail
+    after the stop: R must finish on `src` with every token once, as a run never moved."""
+    prompt = prompt_ids(110, seed=seed)
+    ref = await follow(http, src.url, body(f"{rid}-ref", prompt, max_tokens))
+    task = asyncio.create_task(follow(http, src.url, body(rid, prompt, max_tokens)))
+    await wait_tokens(http, src.url, rid, 5)
+    resp = await migrate(http, src, dst, [rid], **extra)
+    trace = await task
+    (result,) = results_of(resp)
+    assert [e["type"] for e in trace.ends] == ["finished"]
+    assert_contiguous(trace, max_tokens)
+    assert trace.tokens == ref.tokens
+    return result
+
+
 async def test_a_resume_past_its_timeout_leaves_the_request_exact_at_its_source(
     vllm_instances, http
 ):
     # The destination gets 1 ms for the resumed request's first token, which no engine
     # step makes: it aborts its copy, and the source goes on with the request.
     src, dst = vllm_instances
-    prompt = prompt_ids(120, seed=13)
-    ref = await follow(http, src.url, body("late-ref", prompt, 200))
-    task = asyncio.create_task(follow(http, src.url, body("late", prompt, 200)))
-    await wait_tokens(http, src.url, "late", 5)
-    resp = await migrate(http, src, dst, ["late"], resume_timeout_s=0.001)
-    trace = await task
-    (result,) = results_of(resp)
+    result = await _aborted_and_exact_at_source(
+        http, src, dst, "late", 200, seed=13, resume_timeout_s=0.001
+    )
     assert (result["status"], result["reason"]) == ("aborted", "dst-failed"), outcome(result)
-    assert [e["type"] for e in trace.ends] == ["finished"]
-    assert_contiguous(trace, 200)
-    assert trace.tokens == ref.tokens
     # The copy on the destination was aborted, not left to run to its end.
     (row,) = [
         r for r in (await http.get(f"{dst.url}/requests")).json() if r["request_id"] == "late"
@@ -307,16 +316,9 @@ async def test_a_stop_the_engine_does_not_confirm_leaves_the_request_exact_at_it
     # attempt of the request, and the llumlet resumes it from its stream (recomputed). The
     # old attempt's end must not end the stream the resumed one feeds.
     src, dst = vllm_instances
-    prompt = prompt_ids(100, seed=17)
-    ref = await follow(http, src.url, body("unconfirmed-ref", prompt, 160))
-    task = asyncio.create_task(follow(http, src.url, body("unconfirmed", prompt, 160)))
-    await wait_tokens(http, src.url, "unconfirmed", 5)
-    resp = await migrate(http, src, dst, ["unconfirmed"], debug_stop_timeout_s=0)
-    trace = await task
-    (result,) = results_of(resp)
+    result = await _aborted_and_exact_at_source(
+        http, src, dst, "unconfirmed", 160, seed=17, debug_stop_timeout_s=0
+    )
     assert (result["status"], result["reason"]) == ("aborted", "source-failed"), outcome(result)
-    assert [e["type"] for e in trace.ends] == ["finished"]
-    assert_contiguous(trace, 160)
-    assert trace.tokens == ref.tokens
     # Nothing left behind on the source: no request in its engine, no kept blocks.
     await wait_until(lambda: _is_empty(http, src.url), "the source's engine empty", timeout_s=30)
