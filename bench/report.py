@@ -34,7 +34,7 @@ def machine_section(suite: dict[str, Any]) -> list[str]:
 
 # CPU roles of each stack (bench/common/cpu.py): the stack that waits its turn idles, and
 # what it spends lands in the running stack's run, so a row shows it apart.
-STACK_ROLES = {
+STACK_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "llumctl": {"front": ("controller", "agent"), "servers": ("instance",)},
     "vllm-router": {"front": ("router",), "servers": ("vllm-server",)},
 }

@@ -146,6 +146,7 @@ def run_rounds(
     cluster: LlumctlCluster | None = None,
     servers: list[Proc] | None = None,
     sample_state: bool = False,
+    llumctl_policies: tuple[str, ...] = LLUMCTL_POLICIES,
 ) -> dict[str, Any]:
     """Every policy of the stacks given, in `cfg.reps` rounds; one combined row per policy.
 
@@ -162,7 +163,7 @@ def run_rounds(
         stacks.append(
             [
                 (f"llumctl-{p}", k, partial(_llumctl_run, cluster, p, workload, sample_state))
-                for k, p in enumerate(LLUMCTL_POLICIES)
+                for k, p in enumerate(llumctl_policies)
             ]
         )
     if servers is not None:
@@ -342,6 +343,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SideBySideConfig, argpars
         "--no-save", action="store_true", help="print the results; leave bench/results alone"
     )
     parser.add_argument(
+        "--llumctl-policies",
+        default=",".join(LLUMCTL_POLICIES),
+        help="llumctl policies to run, comma-separated (e.g. round-robin,llumnix: the same "
+        "path with and without load-aware dispatch)",
+    )
+    parser.add_argument(
         "--sample-state",
         action="store_true",
         help="llumctl runs: sample the cluster every 0.2 s (queued requests, KV blocks used)",
@@ -367,7 +374,10 @@ def main(argv: list[str] | None = None) -> None:
             cluster = up.enter_context(llumctl_cluster(cfg, work))
         if args.only in ("all", "router"):
             servers = up.enter_context(router_servers(cfg, cached_model("tiny", 0), work))
-        results = run_rounds(cfg, work, cluster, servers, sample_state=args.sample_state)
+        policies = tuple(p.strip() for p in args.llumctl_policies.split(",") if p.strip())
+        results = run_rounds(
+            cfg, work, cluster, servers, args.sample_state, llumctl_policies=policies
+        )
     machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps({"verdict": verdict(results)}))
     if not args.no_save:

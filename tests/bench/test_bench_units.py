@@ -378,3 +378,8 @@ def test_side_by_side_stacks_take_turns_and_the_first_alternates_by_round(monkey
     calls.clear()
     side_by_side.run_rounds(cfg, Path("."), servers=[])
     assert [name for name, _ in calls] == router * 3
+    # Any llumctl policies, e.g. round-robin beside llumnix: the same path without
+    # load-aware dispatch.
+    calls.clear()
+    side_by_side.run_rounds(cfg, Path("."), cluster=object(), llumctl_policies=("round-robin",))
+    assert [name for name, _ in calls] == ["llumctl-round-robin"] * 3
