@@ -61,11 +61,10 @@ def phase_stacks(
     come, so a later step's failure keeps the earlier ones."""
     with side_by_side.llumctl_cluster(sbs, work) as cluster:
         with side_by_side.router_servers(sbs, model_dir, work) as servers:
-            # Cluster state sampled in every llumctl run: whether queues formed (the
-            # sampler costs llumctl a little, never the routers, so it cannot flatter it).
-            out["side_by_side"] = side_by_side.run_rounds(
-                sbs, work, cluster, servers, sample_state=True
-            )
+            # No cluster-state sampler here: it ran in llumctl's runs only, and llumctl's
+            # P50 TTFT was 79-121 ms with it against 47-86 ms without it, the routers'
+            # 42-67 ms (2026-11-29 19:00-20:33). `side_by_side.py --sample-state` has it.
+            out["side_by_side"] = side_by_side.run_rounds(sbs, work, cluster, servers)
             out["router_extra"] = _router_extra(servers, ovh, work)
         out["llumctl_extra"] = _llumctl_extra(cluster, sbs, ovh, fid, model_dir, quick)
 
