@@ -246,8 +246,8 @@ class _Migration:
         mode: str, limits: MigrationLimits,
     ) -> None:  # fmt: skip
         self.src, self.record, self.mode = src, record, mode
-        self.resume_timeout_s = limits.resume_timeout_s
-        self.stop_timeout_s = limits.stop_timeout_s
+        self.limits = limits
+        # A copy: the test pause is spent by its one use.
         self.pause_s = limits.pause_s
         self.dst_url, self.dst_id = dst_url.rstrip("/"), dst_id
         self.rid = record.prepared.request_id
@@ -371,7 +371,7 @@ class _Migration:
         engine, stream = self.src.engine, self.src.streams.get(self.rid)
         t_stop = time.perf_counter()
         try:
-            stopped = await engine.stop(self.rid, self.stop_timeout_s)
+            stopped = await engine.stop(self.rid, self.limits.stop_timeout_s)
         except EngineError:
             # No confirmed stop: the engine ended this attempt of R for good (the base's
             # contract), so R goes on here from what its stream holds, recomputed.
@@ -391,7 +391,7 @@ class _Migration:
             await self._post(
                 f"/migrate-in/{self.mid}/resume",
                 self._resume_body(stopped, num_staged_tokens),
-                self.resume_timeout_s + RESUME_REPLY_MARGIN_S,
+                self.limits.resume_timeout_s + RESUME_REPLY_MARGIN_S,
             )
         except BaseException:
             # B gave up or cannot be heard: R goes on here, and `run` cancels the
@@ -423,7 +423,7 @@ class _Migration:
             "request": to_json_dict(request),
             "previous_output_ids": list(stopped.output_token_ids),
             "num_staged_tokens": num_staged_tokens,
-            "timeout_s": self.resume_timeout_s,
+            "timeout_s": self.limits.resume_timeout_s,
         }
 
     def _resume_here(self, previous: tuple[int, ...]) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.engines.vllm.params import SHARED_CORES_ENGINE_NICE
+from agent.engines.vllm.params import SHARED_CORES_ENGINE_NICE, SHARED_CORES_GROUP_NICE
+from agent.engines.vllm.priority import lower_group_priority
 from bench.common.procs import ENGINE_ENV, Proc, free_port, spawn, wait_http
 
 
@@ -53,8 +54,12 @@ IN_CORE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 def lower_engine_priority(server: Proc, nice: int = SHARED_CORES_ENGINE_NICE) -> None:
     """The plain server's engine-core main thread at the nice llumctl's agent gives its own
-    on shared cores (agent/engines/vllm/params.py), so both stacks run their engines and
-    their HTTP/relay processes at the same priorities."""
+    on shared cores, and the server's process group (its session: the server was started
+    as one) at the group nice a llumctl instance gives its own
+    (agent/engines/vllm/params.py), so both stacks run their engines and their HTTP/relay
+    processes at the same priorities."""
+    if os.getsid(server.pid) == server.pid:  # else the group is also the bench's own
+        lower_group_priority(SHARED_CORES_GROUP_NICE, f"/proc/{server.pid}/autogroup")
     for pid in _descendants(server.pid):
         with contextlib.suppress(OSError):
             title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]

@@ -174,10 +174,11 @@ def test_profile_json_file_and_unknown_model(openai_server, tmp_path: Path) -> N
     assert not (tmp_path / "p.json").exists()
 
 
-def test_bench_gives_a_plain_servers_engine_core_the_agents_priority(openai_server) -> None:
+def test_bench_gives_a_plain_server_the_priorities_of_a_llumctl_instance(openai_server) -> None:
     # The side-by-side compares stacks whose engines run at the same CPU priority: the
     # agent's engine steps run at nice 10 on shared cores, and the bench sets the same on
-    # a plain vLLM server's engine-core main thread (its API process keeps 0).
+    # a plain vLLM server's engine-core main thread (its API process keeps 0); each
+    # instance's group is at nice 10, and so is each plain server's.
     from types import SimpleNamespace
 
     from bench.common.engines import _descendants, lower_engine_priority
@@ -188,6 +189,9 @@ def test_bench_gives_a_plain_servers_engine_core_the_agents_priority(openai_serv
     assert len(cores) == 1, titles
     assert os.getpriority(os.PRIO_PROCESS, cores[0]) == 10
     assert os.getpriority(os.PRIO_PROCESS, openai_server.pid) == 0
+    # And the server's process group as a whole, as a llumctl instance does its own.
+    group = Path(f"/proc/{openai_server.pid}/autogroup").read_text().split()
+    assert group[1:] == ["nice", "10"], group
 
 
 def test_overhead_probes_alternate_a_stack_with_its_engine(openai_server, vllm_instances) -> None:

@@ -191,21 +191,34 @@ def test_instance_froze_its_start_up_heap_before_serving(vllm_instances):
         assert found and int(found[0]) > 100_000, inst.log_path
 
 
-def test_engine_nice_defaults_to_10_on_shared_cores_and_is_checked(tmp_path):
-    from agent.engines.vllm.params import SHARED_CORES_ENGINE_NICE, build_engine_args
+@pytest.mark.parametrize("key", ["engine_nice", "group_nice"])
+def test_nices_default_to_10_on_shared_cores_and_are_checked(tmp_path, key):
+    from agent.engines.vllm import params
     from llumctl.errors import InputError
 
     def extra(args: dict, in_core: bool) -> dict:
-        built = build_engine_args("m", args, str(tmp_path), in_core=in_core)
+        built = params.build_engine_args("m", args, str(tmp_path), in_core=in_core)
         return dict(built.kv_transfer_config.kv_connector_extra_config)
 
-    assert extra({}, True)["engine_nice"] == SHARED_CORES_ENGINE_NICE == 10
-    assert extra({"engine_nice": 0}, True)["engine_nice"] == 0
-    assert "engine_nice" not in extra({}, False)  # GPU or own cores: untouched
-    assert extra({"engine_nice": 5}, False)["engine_nice"] == 5
+    assert params.SHARED_CORES_ENGINE_NICE == params.SHARED_CORES_GROUP_NICE == 10
+    assert extra({}, True)[key] == 10
+    assert extra({key: 0}, True)[key] == 0
+    assert key not in extra({}, False)  # GPU or own cores: untouched
+    assert extra({key: 5}, False)[key] == 5
     for bad in (20, -1, 2.5, "x"):
-        with pytest.raises(InputError, match="engine_nice must be"):
-            build_engine_args("m", {"engine_nice": bad}, str(tmp_path), in_core=True)
+        with pytest.raises(InputError, match=f"{key} must be"):
+            params.build_engine_args("m", {key: bad}, str(tmp_path), in_core=True)
+
+
+def test_instance_runs_in_a_cpu_group_of_lower_priority(vllm_instances):
+    # Each instance leads its own session, so its processes form one autogroup, and nice
+    # only orders threads within a group: the instance lowers the whole group's priority,
+    # so the controller's relay and other instances' APIs are not queued behind its engine.
+    own_group = Path("/proc/self/autogroup").read_text().split()[0]
+    for inst in vllm_instances:
+        group = Path(f"/proc/{inst.pid}/autogroup").read_text().split()
+        assert group[1:] == ["nice", "10"], group
+        assert group[0] != own_group  # the test's own group (its terminal's) is not touched
 
 
 async def test_engine_steps_run_at_lower_priority_than_the_io_threads(vllm_instances, http):

@@ -22,6 +22,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
+from agent.engines.vllm.priority import lower_thread_priority
 from agent.engines.vllm.sched_side import SchedulerSide
 from agent.engines.vllm.worker_side import WorkerSide
 
@@ -38,16 +39,6 @@ class LlumConnectorMetadata(KVConnectorMetadata):
 
 def socket_paths(socket_dir: str) -> tuple[str, str]:
     return os.path.join(socket_dir, "sched.sock"), os.path.join(socket_dir, "worker.sock")
-
-
-def lower_priority(nice: int) -> None:
-    """Run the calling thread (the one running engine steps: scheduling and, in-core, the
-    model's compute) at `nice` (params.py, `SHARED_CORES_ENGINE_NICE`). Absolute and
-    idempotent (both connector halves may call it from one thread); it never raises a
-    priority, which would need privileges."""
-    # On Linux, PRIO_PROCESS with who=0 is the calling thread, not the whole process.
-    if nice > os.getpriority(os.PRIO_PROCESS, 0):
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 class LlumConnector(KVConnectorBase_V1):
@@ -70,7 +61,7 @@ class LlumConnector(KVConnectorBase_V1):
 
     def _apply_nice(self) -> None:
         if self._nice_pending:
-            lower_priority(self._nice_pending)
+            lower_thread_priority(self._nice_pending)
             self._nice_pending = 0
 
     # ---- worker side ---------------------------------------------------------------

@@ -34,6 +34,7 @@ from agent.engines.vllm.params import (
     to_vllm_sampling,
     worker_in_core,
 )
+from agent.engines.vllm.priority import lower_group_priority
 from agent.engines.vllm.sched_side import KEY, MIGRATION, STAGED_TOKENS, prefill_backlog
 from agent.engines.vllm.text import IncrementalText
 from llumctl.errors import EngineError, MigrationError, NotFoundError
@@ -98,6 +99,11 @@ class VllmEngine(Engine):
             # only LLMEngine's in-process mode, which this process (AsyncLLM) never uses.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         args = build_engine_args(self.model, self.engine_args, self._socket_dir, in_core)
+        group_nice = int(args.kv_transfer_config.kv_connector_extra_config.get("group_nice", 0))
+        # Only a session leader owns its group (an instance process the agent started): a
+        # process run from a shell must not lower the priority of the whole terminal.
+        if group_nice and os.getsid(0) == os.getpid():
+            lower_group_priority(group_nice)
         try:
             self._llm = AsyncLLM.from_engine_args(args)
         except Exception as exc:  # vLLM raises many types; all mean "did not start"

@@ -27,7 +27,11 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
 # machine's speed (a tiny model on an idle CPU decodes 1,000+ tokens/s).
 # `engine_nice`: the CPU priority (nice, 0-19) of the engine core's compute thread; see
 # `SHARED_CORES_ENGINE_NICE`.
-CONNECTOR_ARGS = ("min_step_ms", "engine_nice")
+# `group_nice`: the CPU priority (nice, 0-19) of the instance's process group as a whole
+# (its autogroup: the instance process and its engine core); see `SHARED_CORES_GROUP_NICE`.
+# The instance process applies it (VllmEngine.start); the connector ignores it.
+CONNECTOR_ARGS = ("min_step_ms", "engine_nice", "group_nice")
+NICE_ARGS = ("engine_nice", "group_nice")
 
 # On a CPU host whose engines share cores, engine steps are the compute and everything else
 # on the path of a token (instance API, controller relay, their load reports) is a few
@@ -37,6 +41,17 @@ CONNECTOR_ARGS = ("min_step_ms", "engine_nice")
 # with round-robin dispatch: P50 TTFT 0.52-0.58 s (two runs) -> 0.29 s (one run), with the
 # same throughput.
 SHARED_CORES_ENGINE_NICE = 10
+
+# A thread's nice only orders it within its autogroup (agent/engines/vllm/priority.py), and
+# each instance is a session of its own: an engine at nice 10 yielded to its own instance's
+# API, but the controller's relay and the other instances' APIs waited for a core behind it
+# as equals. With every instance's group at nice 10 as well, traced on 2 cores, 3 engines,
+# 4 req/s of short prompts and long outputs through the controller (round-robin; three runs
+# before, one after): the controller's event loop woke 103-163 ms late at P99 -> 47 ms; a
+# first token took 33-47 ms (mean; P90 96-173) from the instance's API to the controller
+# -> 6 ms (P90 20); a client's request took 31-85 ms (P90 96-202) to reach the controller
+# -> 16 ms (P90 57).
+SHARED_CORES_GROUP_NICE = 10
 
 
 def build_engine_args(
@@ -50,13 +65,15 @@ def build_engine_args(
     if in_core:
         args["distributed_executor_backend"] = "uni"
         args.setdefault("engine_nice", SHARED_CORES_ENGINE_NICE)
+        args.setdefault("group_nice", SHARED_CORES_GROUP_NICE)
     extra: dict[str, Any] = {"socket_dir": socket_dir}
     for key in CONNECTOR_ARGS:
         if key in args:
             extra[key] = _non_negative(key, args.pop(key))
-    nice = extra.get("engine_nice", 0)
-    if nice > 19 or nice != int(nice):
-        raise InputError(f"bad engine argument: engine_nice must be an integer 0-19, not {nice}")
+    for key in NICE_ARGS:
+        nice = extra.get(key, 0)
+        if nice > 19 or nice != int(nice):
+            raise InputError(f"bad engine argument: {key} must be an integer 0-19, not {nice}")
     kv = KVTransferConfig(
         kv_connector="LlumConnector",
         kv_connector_module_path="agent.engines.vllm.connector",
