@@ -253,9 +253,10 @@ def _unstalled_lines(u: dict[str, Any], f: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"Where the real tail comes from: the load generator went unscheduled for {stalled} s "
-        f"in the {len(u['kept'])} runs (wake-ups 20 ms or more late; raising its priority to "
-        "nice -10 did not shorten them, so the VM itself pauses), and a timing that spans "
-        "such a pause measures the VM, which no cluster model predicts. Over the "
+        f"in the {len(u['kept'])} runs (wake-ups 20 ms or more late: the VM pausing, or the "
+        "client waiting for a core behind the engines, which their process groups at nice 10 "
+        "have made rare since 2026-11-29 22:23), and a timing that spans such a pause "
+        "measures the machine, which no cluster model predicts. Over the "
         f"requests no stall touched (TTFT: {kept_ttft} kept, whose wait for "
         f"the first token overlapped none; TPOT: {kept_tpot} kept, whose decode overlapped "
         "none; kept requests lean short), against the same simulation (a diagnostic; the "
