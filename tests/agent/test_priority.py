@@ -41,7 +41,7 @@ def test_unexpected_contents_are_logged_not_raised(tmp_path: Path, text: str, ca
 
 
 def test_a_refused_write_is_logged_not_raised(tmp_path: Path, caplog) -> None:
-    # A directory stands for a file the process may not write (the kernel's EPERM).
+    # A path that fails to open (here a directory) stands for one the kernel refuses.
     (tmp_path / "dir").mkdir()
     with caplog.at_level(logging.WARNING):
         assert lower_group_priority(10, str(tmp_path / "dir")) is None
