@@ -33,7 +33,18 @@ def test_a_kernel_without_autogroups_is_left_alone(tmp_path: Path) -> None:
     assert lower_group_priority(10, str(tmp_path / "absent")) is None
 
 
-@pytest.mark.parametrize("text", ["", "/autogroup-601 nice many\n"])
+def test_the_default_group_is_left_alone(tmp_path: Path, caplog) -> None:
+    # The kernel prints nothing for a process in the default (root) group, one that no
+    # session start moved out of it (as in some containers): not an error, nothing to lower.
+    path = _group(tmp_path, "")
+    with caplog.at_level(logging.INFO):
+        assert lower_group_priority(10, str(path)) is None
+    assert path.read_text() == ""  # not written
+    assert "no CPU autogroup" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("text", ["/autogroup-601 nice many\n", "\n"])
 def test_unexpected_contents_are_logged_not_raised(tmp_path: Path, text: str, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         assert lower_group_priority(10, str(_group(tmp_path, text))) is None

@@ -38,7 +38,8 @@ def lower_thread_priority(nice: int) -> None:
 def lower_group_priority(nice: int, path: str = AUTOGROUP_PATH) -> int | None:
     """Set the nice of this process's autogroup (`path`, as in proc(5): "/autogroup-N nice
     K") to `nice` if it is lower; returns the group's nice afterwards, or None when the
-    kernel has no autogroups or refuses (logged: the instance runs on, unprioritised).
+    process has no autogroup of its own or the kernel refuses (logged: the instance runs
+    on, unprioritised).
 
     Call it only from a process that leads its own session: the group is the session's,
     and a process started from a shell would otherwise lower the whole terminal's."""
@@ -46,7 +47,13 @@ def lower_group_priority(nice: int, path: str = AUTOGROUP_PATH) -> int | None:
     while True:
         try:
             with open(path) as f:
-                current = int(f.read().split()[-1])
+                text = f.read()
+            if not text:
+                # The kernel prints nothing for the default (root) group: the process is in
+                # no session's group, so there is no group of its own to lower.
+                log.info("no CPU autogroup of this process's own; group priority left alone")
+                return None
+            current = int(text.split()[-1])
             if current >= nice:
                 return current
             with open(path, "w") as f:
