@@ -33,6 +33,7 @@ from bench.common.llumctl_stack import LlumctlCluster
 from bench.common.machine import load_now, machine_facts
 from bench.common.procs import Proc, stop, stop_all
 from bench.common.stalls import StallMonitor
+from llumctl.bench import stats
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest
 from llumctl.bench.stats import summarize
@@ -47,22 +48,25 @@ LLUMCTL_POLICIES = ("llumnix", "infaas++")
 @dataclass(frozen=True)
 class SideBySideConfig:
     instances: int = 3
-    requests: int = 120
-    rate: float = 2.0
+    requests: int = 240
+    rate: float = 4.0
     # Gamma arrivals with cv 3: bursts of ~10 requests within a second, then lulls.
     cv: float = 3.0
-    input: str = "M"
-    # Long-tailed outputs (the paper's M, ~1 in 10 runs to the cap): the long requests
-    # grow in place after dispatch, which is what fills an instance's KV and preempts.
-    output: str = "M"
+    input: str = "S"
+    # Long-tailed outputs (the paper's L: many run to the cap): the long requests grow in
+    # place after dispatch, which is what fills an instance's KV and preempts (15-35
+    # preemptions in a run of 120; the paper's M/M at 2 req/s, the suite's workload up to
+    # 2026-11-29, gave 0-7 and so little to reschedule).
+    output: str = "L"
     max_prompt: int = 512
     max_output: int = 512
     seed: int = 1
     # 40 blocks of 32 tokens (1,280 tokens) per instance: one long request (up to 1,024
     # tokens) takes most of an instance, so memory runs out before the 2 cores do.
     shape: engines.EngineShape = engines.EngineShape(num_blocks=40)
-    # Runs of every stack/policy, in rounds (each round runs every policy of a stack once);
-    # rows are medians over them. One run's P99 moved 3x between identical runs here.
+    # Runs of every stack/policy, in rounds (each round runs every policy of a stack once).
+    # A row's latency percentiles are over every request of its runs together (720): one
+    # run's P99 of 120 requests (its second-slowest) moved 2-5x between identical runs.
     reps: int = 3
 
     def workload(self) -> list[BenchRequest]:
@@ -79,6 +83,12 @@ def run_load(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any
     with StallMonitor() as monitor:
         records, duration = asyncio.run(gen.run(workload))
     summary: dict[str, Any] = dict(summarize(records, duration))
+    # Every successful request's latencies, for percentiles over a row's runs together
+    # (`combine`; not kept in the results).
+    summary["latencies"] = {
+        "ttft": [r.ttft_s for r in records if r.is_ok],
+        "tpot": [r.tpot_s for r in records if r.is_ok and r.tpot_s >= 0],
+    }
     # CPU seconds by role (engines, instance servers, controller/router, this client).
     summary["cpu_s"] = cpu.used_between(cpu_before, cpu.snapshot())
     summary["load_avg"] = load_now()
@@ -110,6 +120,7 @@ def result_row(summary: dict[str, Any], preemptions: float, migrations: float) -
     row["client_stall_max_s"] = summary["client_stall_max_s"]
     row["first_errors"] = summary["first_errors"]  # what a failed request was told
     row["cpu_s"] = summary["cpu_s"]
+    row["latencies"] = summary["latencies"]
     return row
 
 
@@ -181,7 +192,8 @@ def run_rounds(
                 # prefix-cache hits carried from one run into the next.
                 row = run(cfg.seed * 100 + 20 * rep + offset)
                 runs[name].append(row)
-                print(f"{name} (run {rep + 1}): {json.dumps(row)}", flush=True)
+                shown = {k: v for k, v in row.items() if k != "latencies"}
+                print(f"{name} (run {rep + 1}): {json.dumps(shown)}", flush=True)
     return {name: combine(rows) for name, rows in runs.items()}
 
 
@@ -218,9 +230,13 @@ def _llumctl_run(
 
 
 def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row for a stack/policy from its runs: the median of every number, the sum of
-    the counts (errors, failures, migration attempts by outcome, state samples), the
-    largest of the peaks (queue, KV), and the runs themselves."""
+    """One row for a stack/policy from its runs: latency percentiles over every request of
+    the runs together (when the runs carry their `latencies`), the median of every other
+    number, the sum of the counts (errors, failures, migration attempts by outcome, state
+    samples), the largest of the peaks (queue, KV), and the runs themselves (each with its
+    own percentiles, without the latencies)."""
+    latencies = [r["latencies"] for r in rows if "latencies" in r]
+    rows = [{k: v for k, v in r.items() if k != "latencies"} for r in rows]
     out: dict[str, Any] = {}
     for key, first in rows[0].items():
         values = [r[key] for r in rows if key in r]
@@ -244,6 +260,14 @@ def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = round(statistics.median(values), 4)
         else:
             out[key] = first
+    if latencies:
+        ttft = [t for lat in latencies for t in lat["ttft"]]
+        tpot = [t for lat in latencies for t in lat["tpot"]]
+        out["ttft_mean"] = round(stats.mean(ttft), 4)
+        out["ttft_p50"] = round(stats.percentile(ttft, 50), 4)
+        out["ttft_p99"] = round(stats.percentile(ttft, 99), 4)
+        out["tpot_p99"] = round(stats.percentile(tpot, 99), 4)
+        out["requests_pooled"] = len(ttft)
     out["runs"] = rows
     return out
 

@@ -146,6 +146,28 @@ def test_side_by_side_rows_are_medians_of_the_runs_with_counts_summed() -> None:
     assert row["runs"] == runs
 
 
+def test_side_by_side_percentiles_pool_every_request_of_the_runs() -> None:
+    from bench.side_by_side import combine
+
+    # 3 of the 200 requests (1.5%) took 5 s, all in one run: the P99 over both runs is
+    # 5 s, where the median of the two runs' own P99s would say 2.6 s.
+    fast = {"ttft": [0.1] * 97 + [5.0] * 3, "tpot": [0.01] * 100}
+    slow = {"ttft": [0.1] * 99 + [0.2], "tpot": [0.01] * 99 + [0.5]}
+    runs = [
+        {"ttft_p99": 5.0, "ttft_p50": 0.1, "errors": 0, "latencies": fast},
+        {"ttft_p99": 0.2, "ttft_p50": 0.1, "errors": 1, "latencies": slow},
+    ]
+    row = combine(runs)
+    assert row["ttft_p99"] == 5.0
+    assert row["ttft_p50"] == 0.1 and row["requests_pooled"] == 200
+    assert row["tpot_p99"] == 0.01 and row["errors"] == 1
+    assert row["ttft_mean"] == round((0.1 * 196 + 15.0 + 0.2) / 200, 4)
+    # The runs keep their own percentiles, not their latencies (kept out of the results).
+    assert [r["ttft_p99"] for r in row["runs"]] == [5.0, 0.2]
+    assert not any("latencies" in r for r in row["runs"])
+    assert "latencies" in runs[0]  # the caller's runs are left as they were
+
+
 def test_cluster_state_samples_say_whether_queues_formed() -> None:
     from bench.common.cluster_state import summarize_samples
     from bench.side_by_side import combine
