@@ -136,6 +136,11 @@ class Instance:
             async for out in outputs:
                 self._append(stream, out)
                 if out.finish_reason is not None:
+                    # Close the engine's iterator before the stream ends, not when it is
+                    # collected: until its code after the last output runs, the engine
+                    # counts R as live, and a migration stopping R in that window resumed
+                    # a finished request with no tokens left (seen once in a suite run).
+                    await _close(outputs)
                     stream.finish(out.finish_reason)
                     return
             # Ended without a finish: stopped for migration; the llumlet ends the stream,
@@ -301,3 +306,10 @@ def _count(body: dict[str, Any], key: str, default: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"{key} must be a non-negative integer, not {value!r}")
     return value
+
+
+async def _close(outputs: Any) -> None:
+    """Close an engine's output iterator (an async generator has `aclose`)."""
+    aclose = getattr(outputs, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -348,9 +348,11 @@ class VllmEngine(Engine):
             # flight, and the client would wait for that step as well.
             held = await self._wait_held(request_id, timeout_s, is_capped=True)
             await self._wait_delivered(live, self._feed.latest["held_outputs"].get(request_id, 0))
-            if live.is_done:  # its last step came first (or the engine failed it)
-                await self.release(request_id)
-                raise MigrationError(f"request {request_id} finished at the stop", "finished")
+        # Its last step came first (or the engine failed it). Not capped, R may also have
+        # finished in EngineCore with its last output already taken.
+        if live.is_done:
+            await self.release(request_id)
+            raise MigrationError(f"request {request_id} finished at the stop", "finished")
         live.is_stopped = True
         delivered = tuple(live.previous_output_ids) + tuple(live.delivered)
         # Forget R in the front end; not running (queued, or not in EngineCore yet), R had
