@@ -309,7 +309,12 @@ def _count(body: dict[str, Any], key: str, default: int = 0) -> int:
 
 
 async def _close(outputs: Any) -> None:
-    """Close an engine's output iterator (an async generator has `aclose`)."""
+    """Close an engine's output iterator (an async generator has `aclose`). The request
+    has finished: a failure while closing is logged, never turned into the request's."""
     aclose = getattr(outputs, "aclose", None)
-    if aclose is not None:
+    if aclose is None:
+        return
+    try:
         await aclose()
+    except Exception:
+        log.exception("closing an engine's outputs after the last one failed")

@@ -36,7 +36,6 @@ from bench.common.stalls import StallMonitor
 from llumctl.bench import stats
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest
-from llumctl.bench.stats import summarize
 from llumctl.bench.workload import fit_lengths, generated
 from llumctl.sim.workload import WorkloadSpec
 
@@ -54,8 +53,8 @@ class SideBySideConfig:
     cv: float = 3.0
     input: str = "S"
     # Long-tailed outputs (the paper's L: many run to the cap): the long requests grow in
-    # place after dispatch, which is what fills an instance's KV and preempts (15-35
-    # preemptions in a run of 120; the paper's M/M at 2 req/s, the suite's workload up to
+    # place after dispatch, which is what fills an instance's KV and preempts (29-61
+    # preemptions a run here; the paper's M/M at 2 req/s, the suite's workload up to
     # 2026-11-29, gave 0-7 and so little to reschedule).
     output: str = "L"
     max_prompt: int = 512
@@ -82,7 +81,7 @@ def run_load(url: str, workload: list[BenchRequest], seed: int) -> dict[str, Any
     cpu_before = cpu.snapshot()
     with StallMonitor() as monitor:
         records, duration = asyncio.run(gen.run(workload))
-    summary: dict[str, Any] = dict(summarize(records, duration))
+    summary: dict[str, Any] = dict(stats.summarize(records, duration))
     # Every successful request's latencies, for percentiles over a row's runs together
     # (`combine`; not kept in the results).
     summary["latencies"] = {

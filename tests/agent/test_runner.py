@@ -11,6 +11,7 @@ from agent.engines.base import EngineOutput
 from agent.engines.sim import SimEngine
 from agent.runtime import Instance
 from agent.streams import RequestStream
+from llumctl.protocol import EventType
 
 
 async def test_the_engine_iterator_is_closed_before_the_stream_ends() -> None:
@@ -34,3 +35,18 @@ async def test_the_engine_iterator_is_closed_before_the_stream_ends() -> None:
     assert closed == ["closed"]  # checked with no await since the reader woke
     assert [e.token_id for e in events[:-1]] == [5, 6]
     assert events[-1].finish_reason == "length"
+
+
+async def test_a_failure_while_closing_does_not_fail_a_finished_request(caplog) -> None:
+    async def outputs() -> AsyncIterator[EngineOutput]:
+        try:
+            yield EngineOutput((5,), "a", finish_reason="stop")
+        finally:
+            raise RuntimeError("engine bookkeeping broke")
+
+    inst = Instance("i0", SimEngine("i0", "m", {"speedup": 50.0}), "secret")
+    stream = inst.streams.create(RequestStream("r1"))
+    inst.start_runner("r1", outputs())
+    events = [event async for event in stream.events()]
+    assert events[-1].type == EventType.FINISHED and events[-1].finish_reason == "stop"
+    assert "closing an engine's outputs" in caplog.text
