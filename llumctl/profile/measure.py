@@ -4,11 +4,12 @@ Prefill: one request at a time, prompt of n tokens, one output token: its TTFT i
 prefill time of n tokens plus the fixed cost of a request on this path (HTTP, tokenization,
 relay), which the fit separates as `request_overhead_ms`. Decode: B requests of L prompt
 tokens sent together; their time per output token is the decode step at batch B with about
-B*(L + out/2) resident tokens. Every point is the median of `repeats` measurements: one
-scheduling hiccup of a shared machine must not become a coefficient; prefill lengths are
-measured in turn, round after round, so a slow spell of the machine does not land on one
-length alone. Each measurement uses fresh prompt ids (a new seed), so vLLM's prefix cache
-never shortcuts a prefill.
+B*(L + out/2) resident tokens. L is shortened where B such requests would not fit the KV
+cache together (`fitting_decode_grid`): the engine would run them a few at a time. Every
+point is the median of `repeats` measurements: one scheduling hiccup of a shared machine
+must not become a coefficient; prefill lengths are measured in turn, round after round, so
+a slow spell of the machine does not land on one length alone. Each measurement uses
+fresh prompt ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
 
 Speed probe: a lone reference decode (a 32-token prompt, 64 tokens out), timed per output
 token at the start and at the end of the profile. A shared machine's speed can drift by
@@ -129,8 +130,12 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     speed = await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_000_000)
     _say(progress, f"prefill: {len(lengths)} prompt lengths x {settings.prefill_repeats}")
     prefill = await _prefill_points(gen, lengths, settings.prefill_repeats)
-    _say(progress, f"decode: {len(settings.decode_grid)} (batch, prompt) points")
-    decode = [await _decode_point(gen, b, min(n, limit), settings) for b, n in settings.decode_grid]
+    blocks, block_size = facts["num_blocks"], facts["block_size"]
+    grid = fitting_decode_grid(
+        settings.decode_grid, blocks, block_size, settings.decode_tokens, limit
+    )
+    _say(progress, f"decode: {len(grid)} (batch, prompt) points")
+    decode = [await _decode_point(gen, b, n, settings) for b, n in grid]
     speed += await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_100_000)
     _say(progress, "transfer: loopback TCP")
     gbps = loopback_transfer_gbps()
@@ -164,6 +169,32 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "speed_probe_points_ms": speed,
     }
     return with_co_located(result, *co_located) if co_located else result
+
+
+def fitting_decode_grid(
+    grid: list[tuple[int, int]], num_blocks: int, block_size: int, out_tokens: int, limit: int
+) -> list[tuple[int, int]]:
+    """The (batch, prompt) points of `grid`, each shortened so that the whole batch fits
+    the KV cache at once with its `out_tokens` generated, and none longer than `limit`.
+
+    A point the cache cannot hold measures something else: vLLM admits as many requests
+    as fit and the rest wait for them to finish, so "16 requests of 512 tokens" on a
+    40-block cache decodes two at a time, its steps those of batch 2 (faster than batch 1
+    plus the per-sequence cost, which skewed the fit). The prompt gives way first (the
+    batch is the axis the fit needs most); where even `block_size` tokens per request do
+    not fit, the batch is cut. One block is kept free, as the simulator keeps its
+    watermark. Repeated points are dropped."""
+    usable = max(1, num_blocks - 1)
+    fitted: list[tuple[int, int]] = []
+    for batch, prompt in grid:
+        per_request_tokens = (usable // batch) * block_size - out_tokens
+        if per_request_tokens < block_size:
+            batch = max(1, usable // -(-(block_size + out_tokens) // block_size))
+            per_request_tokens = (usable // batch) * block_size - out_tokens
+        point = (batch, max(1, min(prompt, limit, per_request_tokens)))
+        if point not in fitted:
+            fitted.append(point)
+    return fitted
 
 
 async def measure_speed(gen: LoadGenerator, rounds: int, seed_base: int) -> list[float]:

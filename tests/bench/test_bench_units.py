@@ -19,7 +19,7 @@ from llumctl.profile.fit import (
     nonneg_lstsq,
     relative_error,
 )
-from llumctl.profile.measure import kv_blocks
+from llumctl.profile.measure import fitting_decode_grid, kv_blocks
 from llumctl.sim.workload import WorkloadSpec, generate
 
 
@@ -92,6 +92,23 @@ def test_kv_blocks_from_vllm_metrics() -> None:
     assert kv_blocks(text) == (64, 32)
     with pytest.raises(InputError, match="no vllm:cache_config_info"):
         kv_blocks("llumctl_instance_running 1\n")
+
+
+def test_decode_points_are_cut_to_what_the_kv_cache_holds_at_once() -> None:
+    grid = [(b, n) for b in (1, 4, 8, 16) for n in (64, 512)]
+    # The suite's engines: 40 blocks of 32 tokens, 32 tokens decoded per request.
+    fitted = fitting_decode_grid(grid, num_blocks=40, block_size=32, out_tokens=32, limit=991)
+    for batch, prompt in fitted:
+        blocks_each = math.ceil((prompt + 32) / 32)
+        assert batch * blocks_each <= 40 - 1, (batch, prompt)
+    # Points that fit are kept as asked; the prompt gives way before the batch does.
+    assert (1, 512) in fitted and (4, 64) in fitted and (8, 64) in fitted
+    assert (4, 256) in fitted and (16, 32) in fitted
+    assert len(fitted) == len(set(fitted)) == 7
+    # A cache too small for even a block of prompt per request cuts the batch.
+    assert fitting_decode_grid([(8, 64)], 10, 32, 32, 991) == [(4, 32)]
+    # And the engine's context limit still caps the prompt.
+    assert fitting_decode_grid([(1, 512)], 1000, 32, 32, 300) == [(1, 300)]
 
 
 def test_workload_maps_both_ways_and_caps_lengths() -> None:
