@@ -23,11 +23,14 @@ k = 1..N decodes at once; the rise of their end-to-end time per output token wit
 how much busy neighbours slow a step (`co_located_slowdown`, see llumctl/sim/hosts.py).
 Then a short probe sent while k - 1 long decodes run on the other instances: the rise of
 its mean TTFT with k is `co_located_first_token_ms` (a mean, not a median: the simulator
-adds it to every request dispatched in that state, so it must carry the tail's weight).
+adds it to every request dispatched in that state, so it must carry the tail's weight). A
+round in which a neighbour finished before the probe's first token did not measure k busy
+and is left out.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Awaitable, Callable
@@ -38,8 +41,8 @@ from typing import Any
 import httpx
 
 from llumctl.bench.loadgen import LoadGenerator
-from llumctl.bench.records import BenchRequest
-from llumctl.errors import ConnectionFailed, InputError
+from llumctl.bench.records import BenchRequest, RequestRecord
+from llumctl.errors import ConnectionFailed, InputError, LlumctlError
 from llumctl.profile.fit import (
     fit_co_located,
     fit_decode,
@@ -245,15 +248,43 @@ async def measure_co_located_first_token(settings: ProfileSettings) -> list[tupl
     request onto an idle instance). Rounds of k = 1..N in turn."""
 
     async def probe_ttft_ms(gen: LoadGenerator, k: int) -> float:
-        # The neighbours decode for ~4x decode_tokens steps; the probe arrives once they
-        # are past their prefill and reported busy (llumlets report every 0.2 s).
-        batch = [BenchRequest(0.0, 32, 4 * settings.decode_tokens) for _ in range(k - 1)]
+        # The probe arrives once the neighbours are past their prefill and reported busy
+        # (llumlets report every 0.2 s); they decode long enough to still be at it then.
+        batch = [BenchRequest(0.0, 32, _neighbour_tokens(settings)) for _ in range(k - 1)]
         records, _ = await gen.run([*batch, BenchRequest(_PROBE_AFTER_S, 32, 2)])
-        return float(_ok(records)[-1].ttft_s * 1000)
+        return probe_ttft_among_busy_ms(_ok(records))
 
     rounds = settings.first_token_rounds
     ttft = await _rounds_per_k(settings, rounds, 9_000_000, probe_ttft_ms)
-    return [(k, float(statistics.mean(ms))) for k, ms in ttft.items()]
+    points = []
+    for k, ms in ttft.items():
+        valid = [x for x in ms if not math.isnan(x)]
+        if not valid:
+            raise LlumctlError(
+                f"co-located first token: in every round a neighbour finished before the "
+                f"probe's first token with {k} busy (an engine faster than "
+                f"{_neighbour_tokens(settings)} tokens in {_PROBE_AFTER_S} s?)"
+            )
+        points.append((k, float(statistics.mean(valid))))
+    return points
+
+
+def probe_ttft_among_busy_ms(records: list[RequestRecord]) -> float:
+    """The probe's TTFT (the last record) in ms, or NaN when a neighbour (the others) had
+    finished before the probe's first token: that round did not meet its k busy."""
+    *neighbours, probe = records
+    first_token_at = probe.arrival_s + probe.ttft_s
+    if any(n.arrival_s + n.e2e_s <= first_token_at for n in neighbours):
+        return math.nan
+    return float(probe.ttft_s * 1000)
+
+
+def _neighbour_tokens(settings: ProfileSettings) -> int:
+    """Output tokens of the first-token probe's busy neighbours: 512 (256 when quick), a
+    second or more of decoding on this CPU. Until 2026-11-30 they decoded 128 tokens, which
+    a fast spell of the machine (2 ms a token) finished before the probe was sent at 0.5 s,
+    so the probe met idle neighbours and the profile said busy ones cost nothing."""
+    return 16 * settings.decode_tokens
 
 
 async def _rounds_per_k(

@@ -19,7 +19,11 @@ from llumctl.profile.fit import (
     nonneg_lstsq,
     relative_error,
 )
-from llumctl.profile.measure import fitting_decode_grid, kv_blocks
+from llumctl.profile.measure import (
+    fitting_decode_grid,
+    kv_blocks,
+    probe_ttft_among_busy_ms,
+)
 from llumctl.sim.workload import WorkloadSpec, generate
 
 
@@ -109,6 +113,21 @@ def test_decode_points_are_cut_to_what_the_kv_cache_holds_at_once() -> None:
     assert fitting_decode_grid([(8, 64)], 10, 32, 32, 991) == [(4, 32)]
     # And the engine's context limit still caps the prompt.
     assert fitting_decode_grid([(1, 512)], 1000, 32, 32, 300) == [(1, 300)]
+
+
+def test_a_first_token_probe_counts_only_while_its_neighbours_decode() -> None:
+    def record(arrival_s: float, ttft_s: float, e2e_s: float) -> RequestRecord:
+        return RequestRecord(0, arrival_s, 32, 2, 2, 0, ttft_s, 0.001, e2e_s)
+
+    probe = record(0.5, 0.012, 0.014)
+    # Neighbours sent at 0 and decoding until 1.1 s: the probe met them busy.
+    assert probe_ttft_among_busy_ms([record(0, 0.01, 1.1), record(0, 0.01, 1.1), probe]) == (
+        pytest.approx(12.0)
+    )
+    # One neighbour done at 0.4 s, before the probe was even sent: not a k = 3 sample.
+    assert math.isnan(probe_ttft_among_busy_ms([record(0, 0.01, 1.1), record(0, 0.01, 0.4), probe]))
+    # Alone (k = 1) there is nothing to miss.
+    assert probe_ttft_among_busy_ms([probe]) == pytest.approx(12.0)
 
 
 def test_workload_maps_both_ways_and_caps_lengths() -> None:
