@@ -218,11 +218,13 @@ def fidelity_section(suite: dict[str, Any]) -> list[str]:
     lines = [
         f"{cfg['requests']} requests, Poisson {cfg['rate']} req/s, input {cfg['input']} / "
         f"output {cfg['output']}, through llumctl (`llumnix`) on the phase-A cluster "
-        f"({len(runs)} runs, each with its own prompt ids; *real* is their median), and in "
+        f"({len(runs)} runs, each with its own prompt ids; *real* is over their "
+        f"{len(runs) * cfg['requests']} requests together, since 2026-11-30: before, the "
+        "median of the runs' figures, a run's P99 being its second-slowest request), and in "
         "the simulator with the profile `llumctl profile` measured through the same "
         "controller with one instance taking requests "
         "(`bench/results/profile-vllm-cpu-tiny.toml`). *Run spread* is how far the "
-        "farthest real run lies from the median: the measurement's own noise. Times in ms.",
+        "farthest real run lies from *real*: the measurement's own noise. Times in ms.",
         *_speed_line(f["speed"]),
         *_co_located_line(f.get("profile", {})),
         "",

@@ -92,7 +92,9 @@ def _llumctl_extra(
     print(f"overhead llumctl: {json.dumps(out['overhead'])}", flush=True)
     runs, out["fidelity_speed_probes_ms"] = fidelity.real_runs(cluster.url, fid)
     out["fidelity_runs"] = [fidelity.measured(run.records) for run in runs]
+    out["fidelity_pooled"] = fidelity.measured([r for run in runs for r in run.records])
     out["fidelity_unstalled_runs"] = [fidelity.measured_unstalled(run) for run in runs]
+    out["fidelity_unstalled_pooled"] = fidelity.measured_unstalled_pooled(runs)
     out["fidelity_errors"] = sum(1 for run in runs for r in run.records if not r.is_ok)
     print(f"fidelity real: {json.dumps(out['fidelity_runs'])}", flush=True)
     co_located = fidelity.co_located_points(cluster.url, sbs.instances, quick)
@@ -134,7 +136,7 @@ def _fidelity(extra_a: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
         sim = fidelity.simulated(
             config["fidelity"], profile["profile"], instances, "llumnix", speed
         )
-        return fidelity.compare(extra_a["fidelity_runs"], sim)
+        return fidelity.compare(extra_a["fidelity_runs"], sim, extra_a["fidelity_pooled"])
 
     as_measured = compared(1.0)
     verdict = compared(factor)
@@ -142,7 +144,11 @@ def _fidelity(extra_a: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
         **verdict,
         "as_measured": {k: as_measured[k] for k in ("sim", "relative_error", "worst", "met")},
         # Diagnostic: the same simulation against the requests no client stall touched.
-        "unstalled": _unstalled(extra_a.get("fidelity_unstalled_runs"), verdict["sim"]),
+        "unstalled": _unstalled(
+            extra_a.get("fidelity_unstalled_runs"),
+            extra_a.get("fidelity_unstalled_pooled"),
+            verdict["sim"],
+        ),
         "speed": {
             "factor": factor,
             "real_probes_ms": probes,
@@ -154,10 +160,12 @@ def _fidelity(extra_a: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def _unstalled(runs: list[dict[str, Any]] | None, sim: dict[str, float]) -> dict[str, Any]:
-    if not runs:
+def _unstalled(
+    runs: list[dict[str, Any]] | None, pooled: dict[str, float] | None, sim: dict[str, float]
+) -> dict[str, Any]:
+    if not runs or not pooled:
         return {}
-    result = fidelity.compare(runs, sim)
+    result = fidelity.compare(runs, sim, pooled)
     result["kept"] = [{k: run[k] for k in ("num_ttft", "num_tpot")} for run in runs]
     result["stalled_s"] = [run["stalled_s"] for run in runs]
     return result

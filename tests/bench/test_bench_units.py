@@ -88,6 +88,33 @@ def test_unstalled_keeps_each_timing_only_where_no_stall_of_the_client_overlaps_
     assert got["stalled_s"] == pytest.approx(0.5)
 
 
+def test_fidelity_compares_with_every_runs_requests_together() -> None:
+    from bench.fidelity import RealRun, compare, measured, measured_unstalled_pooled
+
+    def rec(index: int, ttft: float) -> RequestRecord:
+        return RequestRecord(index, float(index), 10, 5, 5, 0, ttft, 0.01, ttft + 0.04)
+
+    # Three runs of 100 requests; the slow requests fall unevenly between them.
+    runs = [
+        RealRun([rec(i, 0.9 if i < slow else 0.1) for i in range(100)], stalls=[])
+        for slow in (3, 0, 1)
+    ]
+    each = [measured(run.records) for run in runs]
+    pooled = measured([r for run in runs for r in run.records])
+    result = compare(each, {**pooled, "ttft_p99": 0.9}, pooled)
+    # A run's P99 sits between its second-slowest and slowest request: 0.9, 0.1 and
+    # 0.108 s, median 0.108 s. Over the 300 requests together, the 4 slow ones hold the
+    # 99th percentile's rank: 0.9 s.
+    assert [m["ttft_p99"] for m in each] == pytest.approx([0.9, 0.1, 0.108])
+    assert result["real"]["ttft_p99"] == pytest.approx(0.9)
+    assert result["relative_error"]["ttft_p99"] == pytest.approx(0.0)
+    # The spread says how far the runs lie from the pooled figure.
+    assert result["real_spread"]["ttft_p99"] == pytest.approx(0.8 / 0.9)
+    assert result["met"]
+    # The unstalled diagnostic pools the same way (no stalls here: every request kept).
+    assert measured_unstalled_pooled(runs) == pytest.approx(pooled)
+
+
 def test_kv_blocks_from_vllm_metrics() -> None:
     text = (
         "# HELP vllm:cache_config_info x\n"
