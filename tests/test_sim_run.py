@@ -119,6 +119,23 @@ def test_request_overhead_adds_to_first_token_and_end_to_end_only() -> None:
     assert shifted["preemption_loss"] == base["preemption_loss"]
 
 
+def test_second_token_extra_lengthens_each_decode_once_not_the_engines_steps() -> None:
+    # Two lone requests, 2 and 101 tokens out: their one and hundred intervals share the
+    # extra 10 ms, which delays what the client sees and keeps the engine free.
+    requests = [RequestSpec("short", 0.0, 16, 2), RequestSpec("long", 10.0, 16, 101)]
+    exp = Experiment(config=SimConfig(num_instances=1), profile=PROFILE)
+    base = run_policy(requests, exp, "round-robin", None)
+    extra = replace(exp, profile=replace(PROFILE, second_token_extra_ms=10.0))
+    got = run_policy(requests, extra, "round-robin", None)
+    step_s = PROFILE.decode_ms(1, 0) / 1000.0  # resident tokens: about 0.5% of the step
+    assert base["decode_mean"] == pytest.approx(step_s, rel=0.01)
+    # Mean over the two requests of 10 ms / 1 and 10 ms / 100.
+    assert got["decode_mean"] - base["decode_mean"] == pytest.approx((0.010 + 0.0001) / 2)
+    assert got["request_mean"] - base["request_mean"] == pytest.approx(0.010)
+    assert got["prefill_mean"] == base["prefill_mean"]
+    assert got["preemption_loss"] == base["preemption_loss"]
+
+
 def _two_requests(at_s: tuple[float, float], instances_per_host: int) -> dict[str, float]:
     """Two 100-token decodes on two instances, with co-located instances slowing by 0.5."""
     requests = [RequestSpec(f"r{i}", t, 16, 100) for i, t in enumerate(at_s)]

@@ -2,13 +2,16 @@
 
 Time to first token of an n-token prompt: `c + a*n + b*n^2`, where `c` is the fixed cost
 of a request outside engine steps (the profile's `request_overhead_ms`) and `a*n + b*n^2`
-the prefill step. Decode step: `base + per_seq*B + per_token*S`.
+the prefill step. Decode step: `base + per_seq*B + per_token*S`. A request's second token
+comes `second_token_extra_ms` later than the step alone explains (the stream's start on
+the path measured), once per request.
 Coefficients are non-negative because the profile format rejects negative values; a term
 whose unconstrained fit is negative is dropped and the rest refitted.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +45,19 @@ def fit_decode(points: Sequence[tuple[int, int, float]]) -> tuple[float, float, 
     rows = [(1.0, b, s) for b, s, _ in points]
     base, per_seq, per_token = nonneg_lstsq(rows, [ms for _, _, ms in points])
     return base, per_seq, per_token
+
+
+def fit_second_token_extra(
+    short_ms: Sequence[float], long_ms: Sequence[float], long_tokens: int
+) -> float:
+    """Extra ms before a request's second token, from the TPOTs of lone 2-token requests
+    (their one interval: step + extra) and of lone `long_tokens`-token ones (step + extra
+    / (long_tokens - 1)), each set's median; never below 0."""
+    if not short_ms or not long_ms or long_tokens < 3:
+        return 0.0
+    intervals = long_tokens - 1
+    rise = statistics.median(short_ms) - statistics.median(long_ms)
+    return max(0.0, rise * intervals / (intervals - 1))
 
 
 def fit_co_located(points: Sequence[tuple[int, float]]) -> float:

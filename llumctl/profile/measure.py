@@ -12,7 +12,9 @@ a slow spell of the machine does not land on one length alone. Each measurement 
 fresh prompt ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
 
 Speed probe: a lone reference decode (a 32-token prompt, 64 tokens out), timed per output
-token at the start and at the end of the profile. A shared machine's speed can drift by
+token at the start and at the end of the profile; beside it each time, lone 2-token
+requests, whose one interval against the probe's mean interval gives
+`second_token_extra_ms`. A shared machine's speed can drift by
 10% or more within minutes; the same probe taken later, next to a real run, says how much
 faster or slower the machine is then (`LatencyProfile.scaled`), so a comparison with the
 simulator can tell the model's error from the machine's drift.
@@ -48,6 +50,7 @@ from llumctl.profile.fit import (
     fit_decode,
     fit_first_token_extra,
     fit_prefill,
+    fit_second_token_extra,
 )
 from llumctl.profile.transfer import loopback_transfer_gbps
 
@@ -60,6 +63,10 @@ _PROBE_AFTER_S = 0.5
 
 # The speed probe's request: prompt and output tokens.
 SPEED_PROBE_SHAPE = (32, 64)
+# Its short twin, whose one interval is a step plus the second token's extra (measured at
+# 0.7-1.0 ms on 2 ms steps through llumctl on 2026-11-30: a 2-token request's TPOT is
+# 2.5-3.0 ms where a 65-token one's is 1.8-2.0).
+SECOND_TOKEN_SHAPE = (32, 2)
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,9 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     lengths = [n for n in settings.prefill_lengths if n <= limit]
     if len(lengths) < 2:
         raise InputError(f"max_model_len {facts['max_model_len']} is too small to profile")
-    _say(progress, "speed probe: a lone reference decode")
+    _say(progress, "speed probe: a lone reference decode, and lone 2-token requests")
     speed = await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_000_000)
+    short = await measure_speed(gen, settings.speed_probe_rounds, 6_200_000, SECOND_TOKEN_SHAPE)
     _say(progress, f"prefill: {len(lengths)} prompt lengths x {settings.prefill_repeats}")
     prefill = await _prefill_points(gen, lengths, settings.prefill_repeats)
     blocks, block_size = facts["num_blocks"], facts["block_size"]
@@ -140,6 +148,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     _say(progress, f"decode: {len(grid)} (batch, prompt) points")
     decode = [await _decode_point(gen, b, n, settings) for b, n in grid]
     speed += await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_100_000)
+    short += await measure_speed(gen, settings.speed_probe_rounds, 6_300_000, SECOND_TOKEN_SHAPE)
     _say(progress, "transfer: loopback TCP")
     gbps = loopback_transfer_gbps()
     overhead, per_token, quadratic = fit_prefill(prefill)
@@ -152,6 +161,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "prefill_per_token_ms": per_token,
         "prefill_quadratic_ms": quadratic,
         "request_overhead_ms": overhead,
+        "second_token_extra_ms": fit_second_token_extra(short, speed, SPEED_PROBE_SHAPE[1]),
         "num_total_blocks": facts["num_blocks"],
         "block_size_tokens": facts["block_size"],
         "kv_bytes_per_token": facts["kv_bytes_per_token"],
@@ -170,6 +180,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "facts": facts,
         "speed_probe_ms": float(statistics.median(speed)),
         "speed_probe_points_ms": speed,
+        "second_token_points_ms": short,
     }
     return with_co_located(result, *co_located) if co_located else result
 
@@ -200,10 +211,16 @@ def fitting_decode_grid(
     return fitted
 
 
-async def measure_speed(gen: LoadGenerator, rounds: int, seed_base: int) -> list[float]:
+async def measure_speed(
+    gen: LoadGenerator,
+    rounds: int,
+    seed_base: int,
+    shape: tuple[int, int] = SPEED_PROBE_SHAPE,
+) -> list[float]:
     """The speed probe `rounds` times, one after another: ms per output token after the
-    first (TPOT) of a lone `SPEED_PROBE_SHAPE` request, fresh prompt ids each time."""
-    prompt, out = SPEED_PROBE_SHAPE
+    first (TPOT) of a lone `shape` (prompt, output tokens) request, fresh prompt ids each
+    time."""
+    prompt, out = shape
     times = []
     for rep in range(rounds):
         gen.seed = seed_base + rep

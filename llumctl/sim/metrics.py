@@ -47,13 +47,17 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def latency_metrics(
-    requests: Sequence[SimRequest], request_overhead_s: float = 0.0
+    requests: Sequence[SimRequest],
+    request_overhead_s: float = 0.0,
+    second_token_extra_s: float = 0.0,
 ) -> dict[str, Any]:
     """Latency metrics of finished requests; None values for an empty set.
 
     `request_overhead_s` (the profile's fixed cost outside engine steps) and each request's
     `first_token_delay_s` (busy neighbours, llumctl/sim/hosts.py) are added to its prefill
     latency and end-to-end time; they do not change time per token.
+    `second_token_extra_s` (the profile's `second_token_extra_ms`) is added to the decode
+    span and end-to-end time of every request with more than one output token.
     """
     out: dict[str, Any] = {"num_requests": len(requests)}
     if not requests:
@@ -63,10 +67,12 @@ def latency_metrics(
     for req in requests:
         assert req.first_token_time is not None and req.finish_time is not None
         outside_s = request_overhead_s + req.first_token_delay_s
+        stream_s = second_token_extra_s if req.output_tokens > 1 else 0.0
         prefill.append(req.first_token_time - req.arrival_time + outside_s)
-        total.append(req.finish_time - req.arrival_time + outside_s)
+        total.append(req.finish_time - req.arrival_time + outside_s + stream_s)
         if req.output_tokens > 1:
-            decode.append((req.finish_time - req.first_token_time) / (req.output_tokens - 1))
+            span_s = req.finish_time - req.first_token_time + stream_s
+            decode.append(span_s / (req.output_tokens - 1))
     out["prefill_mean"] = _mean(prefill)
     out["prefill_p50"] = percentile(prefill, 50)
     out["prefill_p99"] = percentile(prefill, 99)

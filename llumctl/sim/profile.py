@@ -12,6 +12,10 @@ keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency 
     request_overhead_ms    0.0      fixed latency of every request outside engine steps
                                       (HTTP, tokenization, relay, first-token streaming):
                                       added to its TTFT and end-to-end time, engine not busy
+    second_token_extra_ms  0.0      fixed latency between a request's first and second
+                                      token beyond the decode step (the stream's start on
+                                      the relay path): added to its decode span, engine not
+                                      busy, so TPOT rises by it / (output tokens - 1)
     num_total_blocks       850      KV capacity M in blocks (850 * 16 = 13,600 tokens)
     block_size_tokens      16
     kv_bytes_per_token     524288   KV bytes per token (7B fp16: 512 KiB), for migration
@@ -54,6 +58,9 @@ class LatencyProfile:
     prefill_quadratic_ms: float = 4e-6
     # The paper's numbers are engine times; a measured profile fits what clients see.
     request_overhead_ms: float = 0.0
+    # A short request's TPOT is above the decode step on a measured path: its second token
+    # comes later than the step alone explains. Per request, not per step.
+    second_token_extra_ms: float = 0.0
     num_total_blocks: int = 850
     block_size_tokens: int = 16
     kv_bytes_per_token: int = 512 * 1024

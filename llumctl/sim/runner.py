@@ -41,9 +41,10 @@ def run_policy(
     raw = sim.run(progress)
     done = [r for r in sim.requests if r.finish_time is not None]
     overhead_s = exp.profile.request_overhead_ms / 1000.0
-    result = latency_metrics(done, overhead_s)
+    stream_s = exp.profile.second_token_extra_ms / 1000.0
+    result = latency_metrics(done, overhead_s, stream_s)
     result.update(raw)
-    result["high"] = latency_metrics([r for r in done if r.priority > 0], overhead_s)
+    result["high"] = latency_metrics([r for r in done if r.priority > 0], overhead_s, stream_s)
     return result
 
 

@@ -120,6 +120,9 @@ def test_profile_writes_a_simulator_profile(openai_server, tmp_path: Path) -> No
     assert len(probes) == 4 and all(ms > 0 for ms in probes)
     assert min(probes) <= result["speed_probe_ms"] <= max(probes)
     assert f"# Speed probe: {result['speed_probe_ms']:.2f} ms per token" in out_file.read_text()
+    # Lone 2-token requests beside each probe set; their rise is the second token's extra.
+    assert len(result["second_token_points_ms"]) == 4
+    assert profile.second_token_extra_ms >= 0.0
 
 
 def test_profile_co_located_points_go_into_the_profile(openai_server, tmp_path: Path) -> None:

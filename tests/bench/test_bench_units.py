@@ -16,6 +16,7 @@ from llumctl.profile.fit import (
     fit_decode,
     fit_first_token_extra,
     fit_prefill,
+    fit_second_token_extra,
     nonneg_lstsq,
     relative_error,
 )
@@ -32,6 +33,16 @@ def test_fits_recover_known_coefficients() -> None:
     assert fit_prefill(prefill) == pytest.approx((12, 0.5, 1e-4))
     decode = [(b, s, 20 + 0.3 * b + 0.002 * s) for b in (1, 4, 16) for s in (100, 3000)]
     assert fit_decode(decode) == pytest.approx((20, 0.3, 0.002))
+
+
+def test_second_token_extra_is_the_short_requests_rise_over_the_long_ones() -> None:
+    # Step 2 ms, extra 0.9 ms: a 2-token request's TPOT 2.9, a 64-token one's 2 + 0.9/63.
+    short = [2.8, 2.9, 3.5]
+    long = [1.9, 2.0 + 0.9 / 63, 2.3]
+    assert fit_second_token_extra(short, long, 64) == pytest.approx(0.9)
+    # Short requests no slower than long ones: no extra, never a negative one.
+    assert fit_second_token_extra([1.9], [2.0], 64) == 0.0
+    assert fit_second_token_extra([], [2.0], 64) == 0.0
 
 
 def test_first_token_extra_is_each_mean_above_the_lone_one() -> None:
