@@ -9,8 +9,9 @@ instance drained), so its fixed per-request cost is the one the real run pays; b
 drain, `--co-located N` measures how much the N instances, sharing this machine's cores,
 slow each other, and the simulator puts them on one host. The real run is made `RUNS`
 times and the simulation is compared with their requests taken together (percentiles over
-all of them); how far the runs differ is the noise floor no model can beat. Each run sends its own prompt ids (same lengths and arrival
-times), so vLLM's prefix cache never carries a prompt from one run into the next.
+all of them); how far the runs differ is the noise floor no model can beat. Each run
+sends its own prompt ids (same lengths and arrival times), so vLLM's prefix cache never
+carries a prompt from one run into the next.
 
 This machine's speed can drift by 10% or more within minutes, and the profile is
 measured minutes after the real runs. So the profile's speed probe (a lone reference decode) is taken

@@ -14,10 +14,10 @@ fresh prompt ids (a new seed), so vLLM's prefix cache never shortcuts a prefill.
 Speed probe: a lone reference decode (a 32-token prompt, 64 tokens out), timed per output
 token at the start and at the end of the profile; beside it each time, lone 2-token
 requests, whose one interval against the probe's mean interval gives
-`second_token_extra_ms`. A shared machine's speed can drift by
-10% or more within minutes; the same probe taken later, next to a real run, says how much
-faster or slower the machine is then (`LatencyProfile.scaled`), so a comparison with the
-simulator can tell the model's error from the machine's drift.
+`second_token_extra_ms`. A shared machine's speed can drift by 10% or more within
+minutes; the same probe taken later, next to a real run, says how much faster or slower
+the machine is then (`LatencyProfile.scaled`), so a comparison with the simulator can
+tell the model's error from the machine's drift.
 
 Co-located (optional): through an endpoint that spreads simultaneous requests over N
 instances of the profiled engine's host (a llumctl controller with all of them serving),
@@ -63,9 +63,9 @@ _PROBE_AFTER_S = 0.5
 
 # The speed probe's request: prompt and output tokens.
 SPEED_PROBE_SHAPE = (32, 64)
-# Its short twin, whose one interval is a step plus the second token's extra (measured at
-# 0.7-1.0 ms on 2 ms steps through llumctl on 2026-11-30: a 2-token request's TPOT is
-# 2.5-3.0 ms where a 65-token one's is 1.8-2.0).
+# Its short twin, whose one interval is a step plus the second token's extra (0.4-1.0 ms
+# on 2 ms steps through llumctl on 2026-11-30: a 2-token request's TPOT was 2.5-3.0 ms
+# where a 65-token one's was 1.8-2.0).
 SECOND_TOKEN_SHAPE = (32, 2)
 
 
