@@ -32,6 +32,7 @@ and is left out.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import statistics
@@ -60,6 +61,13 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 # When the first-token probe is sent after its busy neighbours (s).
 _PROBE_AFTER_S = 0.5
+
+# Pause before each co-located measurement (s): two of the llumlets' load-report intervals
+# (0.2 s), so the controller has seen the last measurement's requests finish. Without it,
+# k requests sent right after one finished could all go to the instances the stale
+# report showed idle (a CI run saw both of a pair land on one instance), which measures
+# batching, not neighbours.
+_SETTLE_S = 0.5
 
 # The speed probe's request: prompt and output tokens.
 SPEED_PROBE_SHAPE = (32, 64)
@@ -319,6 +327,7 @@ async def _rounds_per_k(
     for rep in range(rounds):
         for k in values:
             gen.seed = seed_base + k * 1000 + rep
+            await asyncio.sleep(_SETTLE_S)
             values[k].append(await measure(gen, k))
     return values
 
