@@ -145,8 +145,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     if len(lengths) < 2:
         raise InputError(f"max_model_len {facts['max_model_len']} is too small to profile")
     _say(progress, "speed probe: a lone reference decode, and lone 2-token requests")
-    speed = await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_000_000)
-    short = await measure_speed(gen, settings.speed_probe_rounds, 6_200_000, SECOND_TOKEN_SHAPE)
+    speed, short = await _speed_and_second_token(gen, settings.speed_probe_rounds, 6_000_000)
     _say(progress, f"prefill: {len(lengths)} prompt lengths x {settings.prefill_repeats}")
     prefill = await _prefill_points(gen, lengths, settings.prefill_repeats)
     blocks, block_size = facts["num_blocks"], facts["block_size"]
@@ -155,8 +154,10 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
     )
     _say(progress, f"decode: {len(grid)} (batch, prompt) points")
     decode = [await _decode_point(gen, b, n, settings) for b, n in grid]
-    speed += await measure_speed(gen, settings.speed_probe_rounds, seed_base=6_100_000)
-    short += await measure_speed(gen, settings.speed_probe_rounds, 6_300_000, SECOND_TOKEN_SHAPE)
+    speed_end, short_end = await _speed_and_second_token(
+        gen, settings.speed_probe_rounds, 6_100_000
+    )
+    speed, short = speed + speed_end, short + short_end
     _say(progress, "transfer: loopback TCP")
     gbps = loopback_transfer_gbps()
     overhead, per_token, quadratic = fit_prefill(prefill)
@@ -217,6 +218,14 @@ def fitting_decode_grid(
         if point not in fitted:
             fitted.append(point)
     return fitted
+
+
+async def _speed_and_second_token(
+    gen: LoadGenerator, rounds: int, seed_base: int
+) -> tuple[list[float], list[float]]:
+    """The speed probe, then as many lone 2-token requests (their seeds 200,000 on)."""
+    speed = await measure_speed(gen, rounds, seed_base)
+    return speed, await measure_speed(gen, rounds, seed_base + 200_000, SECOND_TOKEN_SHAPE)
 
 
 async def measure_speed(
