@@ -298,6 +298,48 @@ def test_an_instance_with_only_queued_requests_to_move_is_a_migration_source() -
     view = ClusterView((inst, InstanceLoad("cold", 80, 0)))
     (decision,) = [d for d in get_policy("llumnix").tick(view) if isinstance(d, Migrate)]
     assert (decision.src, decision.dst, decision.queued_first) == ("hot", "cold", True)
-    assert decision.max_num_blocks == 80  # what the destination had free
+    # What keeps the (empty) destination a destination: 80 free - 3 (threshold) x 1.
+    assert decision.max_num_blocks == 77
     paper = get_policy("llumnix", PolicyParams(migrate_queued=False))
     assert [d for d in paper.tick(view) if isinstance(d, Migrate)] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(instances(), min_size=2, max_size=5), st.sampled_from(["llumnix", "llumnix-base"]))
+def test_a_move_within_its_limit_keeps_the_destination_a_destination(
+    insts: list[InstanceLoad], name: str
+) -> None:
+    insts = [replace(inst, instance_id=f"i{n}") for n, inst in enumerate(insts)]
+    policy = get_policy(name)
+    by_id = {inst.instance_id: inst for inst in insts}
+    for decision in policy.tick(ClusterView(tuple(insts))):
+        assert isinstance(decision, Migrate) and decision.max_num_blocks is not None
+        src, dst = by_id[decision.src], by_id[decision.dst]
+        # The largest request the source may send: one block under the limit.
+        moved = RequestLoad("moved", decision.max_num_blocks - 1)
+        assert select_candidates(src, 1, max_num_blocks=decision.max_num_blocks)
+        after = replace(
+            dst,
+            num_used_blocks=dst.num_used_blocks + moved.num_blocks,
+            running=(*dst.running, moved),
+        )
+        assert policy.score(after) > policy.params.migrate_in_threshold
+
+
+def test_a_source_pairs_with_a_less_free_destination_when_only_that_one_has_room() -> None:
+    # "big" is the freer (13 blocks per request) but has room for 7 blocks while staying a
+    # destination; "small" (12 per request, shared by 4) has room for 33.
+    hot = InstanceLoad(
+        "hot", 100, 100, running=(RequestLoad("r", 30, admitted_seq=1),), num_preempted=1
+    )
+    big = InstanceLoad("big", 100, 87, running=(RequestLoad("b", 87),))
+    small = InstanceLoad(
+        "small", 200, 152, running=tuple(RequestLoad(f"s{k}", 38) for k in range(4))
+    )
+    view = ClusterView((hot, big, small))
+    policy = get_policy("llumnix")
+    assert policy.score(big) > policy.score(small) > policy.params.migrate_in_threshold
+    (decision,) = [d for d in policy.tick(view) if isinstance(d, Migrate)]
+    assert (decision.src, decision.dst) == ("hot", "small")
+    # Without a destination that can take it, the source is not paired at all.
+    assert [d for d in policy.tick(ClusterView((hot, big))) if isinstance(d, Migrate)] == []
