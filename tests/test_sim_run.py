@@ -235,3 +235,35 @@ def test_the_view_drops_requests_that_finished_since_the_last_report() -> None:
     assert by_id["a"].instance != by_id["b"].instance
     assert by_id["b"].finish_time is not None and by_id["b"].finish_time < 3.0
     assert by_id["c"].instance == by_id["b"].instance
+
+
+def test_a_host_idle_long_runs_its_next_steps_slower_until_it_warms_up() -> None:
+    # Steps of the paper's profile are ~33 ms; warm_up 100 ms: a cold host's slowdown has
+    # all but faded after the first few steps of a 100-token decode.
+    cold = replace(PROFILE, cold_slowdown=0.6, warm_up_ms=100.0, cool_down_ms=1000.0)
+
+    def lone_at(arrivals: tuple[float, ...], profile: LatencyProfile) -> list[float]:
+        from llumctl.policy import get_policy
+        from llumctl.sim.cluster import Simulation
+
+        requests = [RequestSpec(f"r{i}", t, 16, 100) for i, t in enumerate(arrivals)]
+        config = SimConfig(num_instances=1)
+        sim = Simulation(requests, get_policy("round-robin"), config, profile)
+        sim.run()
+        return [r.first_token_time - r.arrival_time for r in sim.requests]
+
+    warm = lone_at((0.0, 3.4, 20.0), PROFILE)
+    # Hosts start warm: the first request runs as profiled.
+    got = lone_at((0.0, 3.4, 20.0), cold)
+    assert got[0] == pytest.approx(warm[0])
+    # r1 arrives ~0.1 s after r0's decode ends: the host has barely cooled.
+    assert warm[1] < got[1] < warm[1] * 1.1
+    # r2 after 16 s idle: its prefill step runs 1.6x as long (the host is cold).
+    assert got[2] == pytest.approx(1.6 * warm[2], rel=0.01)
+    # Over the whole decode the slowdown is the warm-up's integral, ~0.6 x 100 ms.
+    lone = [RequestSpec("r", 5.0, 16, 100)]
+    decode = run_policy(lone, Experiment(profile=cold), "round-robin", None)
+    base = run_policy(lone, Experiment(profile=PROFILE), "round-robin", None)
+    assert 0.04 < decode["request_mean"] - base["request_mean"] < 0.08
+    # The warming keys are the host's clock, not the step's: a scaled profile keeps them.
+    assert (cold.scaled(2.0).warm_up_ms, cold.scaled(2.0).cool_down_ms) == (100.0, 1000.0)

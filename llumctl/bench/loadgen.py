@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import httpx
 
@@ -40,6 +41,7 @@ class LoadGenerator:
         timeout_s: float = 600.0,
         seed: int = 0,
         extra_body: dict[str, object] | None = None,
+        record_chunk_times: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -47,6 +49,9 @@ class LoadGenerator:
         self.timeout_s = timeout_s
         self.seed = seed
         self.extra_body = dict(extra_body or {})
+        # Keep every text chunk's arrival in the records (`chunk_times_s`): the profiler
+        # reads step times off them; a long benchmark would only pay memory for them.
+        self.record_chunk_times = record_chunk_times
         # `time.perf_counter()` when the last run started: records' `arrival_s` (when each
         # request left) counts from it.
         self.run_started_at = 0.0
@@ -114,6 +119,7 @@ class LoadGenerator:
         sent = time.perf_counter()
         arrival = sent - run_start
         first = last = -1.0
+        chunk_times: list[float] = []
         num_chunks = 0
         usage_tokens = -1
         response_id = ""
@@ -140,10 +146,13 @@ class LoadGenerator:
                         first = now if first < 0 else first
                         last = now
                         num_chunks += 1
+                        if self.record_chunk_times:
+                            chunk_times.append(now - sent)
         except (httpx.HTTPError, _HttpFailure, json.JSONDecodeError) as exc:
             error = str(exc) or type(exc).__name__
         received = usage_tokens if usage_tokens >= 0 else num_chunks
-        return _record(index, request, arrival, sent, first, last, received, response_id, error)
+        record = _record(index, request, arrival, sent, first, last, received, response_id, error)
+        return replace(record, chunk_times_s=tuple(chunk_times)) if chunk_times else record
 
 
 class _HttpFailure(Exception):

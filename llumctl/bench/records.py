@@ -33,6 +33,9 @@ class RequestRecord:
     # The OpenAI response id (the cluster's request id), if the server sent one.
     response_id: str = ""
     error: str = ""
+    # When each text chunk arrived, seconds after sending (only with the load generator's
+    # `record_chunk_times`; vLLM streams one token a chunk).
+    chunk_times_s: tuple[float, ...] = ()
 
     @property
     def is_ok(self) -> bool:

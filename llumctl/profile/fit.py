@@ -11,6 +11,7 @@ whose unconstrained fit is negative is dropped and the rest refitted.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -85,3 +86,67 @@ def relative_error(predicted: float, measured: float) -> float:
     if measured == 0:
         return float("inf") if predicted else 0.0
     return abs(predicted - measured) / abs(measured)
+
+
+# Time constants the warm-up fit tries (ms): 5 ms to 2 s, 5% apart.
+_WARM_UP_GRID_MS = tuple(5.0 * 1.05**k for k in range(124))
+# Below this relative slowdown a cold host is taken for a warm one (noise, not clocks).
+_MIN_COLD_SLOWDOWN = 0.03
+
+
+def interval_excess(chunk_ms: Sequence[float], step_ms: float) -> list[tuple[float, float]]:
+    """(ms since sending at an interval's middle, interval / step - 1) for each interval
+    between consecutive streamed tokens of one request."""
+    return [
+        ((a + b) / 2, (b - a) / step_ms - 1.0) for a, b in zip(chunk_ms, chunk_ms[1:], strict=False)
+    ]
+
+
+def fit_warm_up(cold_chunk_ms: Sequence[Sequence[float]], step_ms: float) -> tuple[float, float]:
+    """(cold_slowdown, warm_up_ms) from lone requests sent to a cold host: each token's
+    chunk time (ms after sending), and the same request's step on a warm host.
+
+    Interval k's excess over the warm step, median over the requests, is fitted to
+    `slowdown * exp(-t / warm_up)`, t its time since sending (the host is busy from the
+    request on): least squares, the slowdown in closed form for each time constant of a
+    grid. A slowdown under 3% is noise: (0, 0) then."""
+    series = [interval_excess(c, step_ms) for c in cold_chunk_ms if len(c) > 2]
+    num_points = min((len(s) for s in series), default=0)
+    if step_ms <= 0 or num_points < 2:
+        return 0.0, 0.0
+    points = [
+        (
+            statistics.median(s[k][0] for s in series),
+            statistics.median(s[k][1] for s in series),
+        )
+        for k in range(num_points)
+    ]
+    best = (math.inf, 0.0, 0.0)
+    for tau in _WARM_UP_GRID_MS:
+        decay = [math.exp(-t / tau) for t, _ in points]
+        slowdown = max(0.0, sum(x * e for (_, x), e in zip(points, decay, strict=True)))
+        slowdown /= sum(e * e for e in decay) or 1.0
+        sse = sum((x - slowdown * e) ** 2 for (_, x), e in zip(points, decay, strict=True))
+        if sse < best[0]:
+            best = (sse, slowdown, tau)
+    _, slowdown, tau = best
+    return (slowdown, tau) if slowdown >= _MIN_COLD_SLOWDOWN else (0.0, 0.0)
+
+
+def fit_cool_down(
+    short_gap_excess: float, long_gap_excess: float, short_gap_ms: float, long_gap_ms: float
+) -> float:
+    """cool_down_ms from how much slower lone requests run after idle gaps of two lengths,
+    each after a warm host (excess = mean interval / warm step - 1, same request shape):
+    warmth decays as exp(-gap / cool_down), so the ratio of the excesses is
+    (1 - exp(-short / c)) / (1 - exp(-long / c)). 0 when the long gap showed nothing."""
+    if long_gap_excess <= 0 or short_gap_ms <= 0 or long_gap_ms <= short_gap_ms:
+        return 0.0
+    ratio = min(max(short_gap_excess / long_gap_excess, 0.0), 1.0)
+    grid = (10.0 * 1.05**k for k in range(200))  # 10 ms to ~170 s
+
+    def miss(c: float) -> float:
+        model = (1 - math.exp(-short_gap_ms / c)) / (1 - math.exp(-long_gap_ms / c))
+        return abs(model - ratio)
+
+    return min(grid, key=miss)

@@ -19,6 +19,11 @@ minutes; the same probe taken later, next to a real run, says how much faster or
 the machine is then (`LatencyProfile.scaled`), so a comparison with the simulator can
 tell the model's error from the machine's drift.
 
+Warming (llumctl/profile/warming.py): lone requests after idle pauses, token by token,
+against the same request on a warm host: how much slower an idle host's next steps are
+and how fast that fades (`cold_slowdown`, `warm_up_ms`, `cool_down_ms`). Every other
+point here is taken back to back, on a warm host.
+
 Co-located (optional): through an endpoint that spreads simultaneous requests over N
 instances of the profiled engine's host (a llumctl controller with all of them serving),
 k = 1..N decodes at once; the rise of their end-to-end time per output token with k is
@@ -54,6 +59,12 @@ from llumctl.profile.fit import (
     fit_second_token_extra,
 )
 from llumctl.profile.transfer import loopback_transfer_gbps
+from llumctl.profile.warming import (
+    WarmingSettings,
+    fit_warming,
+    measure_warming,
+    warming_result,
+)
 
 Say = Callable[[str], None] | None
 
@@ -122,6 +133,15 @@ class ProfileSettings:
         return 4 if self.quick else 12
 
     @property
+    def warming(self) -> WarmingSettings:
+        # The long pause lets a host cool fully (1 s did all of it in a scratch run at
+        # 05:50, 0.3 s about a third at 03:50): the short one must fall where cooling is
+        # still under way, or it says only that cooling is fast.
+        if self.quick:
+            return WarmingSettings(rounds=2, short_gap_s=0.3, long_gap_s=2.0)
+        return WarmingSettings(rounds=6, short_gap_s=0.3, long_gap_s=3.0)
+
+    @property
     def decode_tokens(self) -> int:
         return 16 if self.quick else 32
 
@@ -158,6 +178,9 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         gen, settings.speed_probe_rounds, 6_100_000
     )
     speed, short = speed + speed_end, short + short_end
+    warming = settings.warming
+    _say(progress, f"warming: lone requests after {warming.long_gap_s:g} s idle x {warming.rounds}")
+    warming_points = await measure_warming(gen, warming, 6_500_000)
     _say(progress, "transfer: loopback TCP")
     gbps = loopback_transfer_gbps()
     overhead, per_token, quadratic = fit_prefill(prefill)
@@ -178,6 +201,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "max_num_seqs": settings.max_num_seqs,
         "watermark_blocks": max(1, facts["num_blocks"] // 100),
         "max_model_len": facts["max_model_len"],
+        **fit_warming(warming_points, warming),
     }
     result = {
         "url": settings.url,
@@ -190,6 +214,7 @@ async def measure_engine(settings: ProfileSettings, progress: Say = None) -> dic
         "speed_probe_ms": float(statistics.median(speed)),
         "speed_probe_points_ms": speed,
         "second_token_points_ms": short,
+        "warming_points_ms": warming_result(warming_points, warming),
     }
     return with_co_located(result, *co_located) if co_located else result
 

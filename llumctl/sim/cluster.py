@@ -30,7 +30,7 @@ from llumctl.policy import (
     without_departed,
 )
 from llumctl.sim.config import SimConfig
-from llumctl.sim.hosts import HostSharing
+from llumctl.sim.hosts import HostSharing, Warming
 from llumctl.sim.instance import SimInstance, SimRequest, StepResult
 from llumctl.sim.migration import Migration, MigrationModel
 from llumctl.sim.profile import LatencyProfile
@@ -62,7 +62,10 @@ class Simulation:
         self.migrations = MigrationModel(config, profile)
         self.instances: dict[str, SimInstance] = {}
         self._busy: set[str] = set()
-        self.hosts = HostSharing(config.instances_per_host, profile.co_located_slowdown)
+        warming = Warming(
+            profile.cold_slowdown, profile.warm_up_ms / 1000.0, profile.cool_down_ms / 1000.0
+        )
+        self.hosts = HostSharing(config.instances_per_host, profile.co_located_slowdown, warming)
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._num_created = 0
@@ -131,17 +134,17 @@ class Simulation:
     def _kick(self, inst: SimInstance, now: float) -> None:
         if inst.instance_id not in self._busy:
             self._busy.add(inst.instance_id)
-            self.hosts.set_busy(inst.instance_id, True)
+            self.hosts.set_busy(inst.instance_id, True, now)
             self._push(now, STEP, inst)
 
     def _on_step(self, now: float, inst: SimInstance) -> None:
         result = inst.step()
         if result is None:
             self._busy.discard(inst.instance_id)
-            self.hosts.set_busy(inst.instance_id, False)
+            self.hosts.set_busy(inst.instance_id, False, now)
             self._maybe_retire(inst, now)
             return
-        end = now + result.duration_s * self.hosts.step_factor(inst.instance_id)
+        end = now + result.duration_s * self.hosts.step_factor(inst.instance_id, now)
         self._record(inst.instance_id, result, now, end)
         self._seq += 1
         heapq.heappush(self._events, (end, self._seq, STEP, inst))

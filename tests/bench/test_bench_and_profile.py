@@ -123,6 +123,13 @@ def test_profile_writes_a_simulator_profile(openai_server, tmp_path: Path) -> No
     # Lone 2-token requests beside each probe set; their rise is the second token's extra.
     assert len(result["second_token_points_ms"]) == 4
     assert profile.second_token_extra_ms >= 0.0
+    # Warming: per round a warm probe and one after each of two pauses (2 rounds, quick).
+    warming = result["warming_points_ms"]
+    assert warming["gaps_s"] == [0.3, 2.0]
+    for key in ("warm_tpot_ms", "short_gap_tpot_ms", "long_gap_tpot_ms"):
+        assert len(warming[key]) == 2 and all(ms > 0 for ms in warming[key]), key
+    assert profile.cold_slowdown >= 0.0
+    assert profile.warm_up_ms > 0 and profile.cool_down_ms > 0
 
 
 def test_profile_co_located_points_go_into_the_profile(openai_server, tmp_path: Path) -> None:

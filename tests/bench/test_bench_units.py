@@ -13,10 +13,12 @@ from llumctl.bench.workload import fit_lengths, from_specs, log_line, to_specs
 from llumctl.errors import InputError
 from llumctl.profile.fit import (
     fit_co_located,
+    fit_cool_down,
     fit_decode,
     fit_first_token_extra,
     fit_prefill,
     fit_second_token_extra,
+    fit_warm_up,
     nonneg_lstsq,
     relative_error,
 )
@@ -25,6 +27,7 @@ from llumctl.profile.measure import (
     kv_blocks,
     probe_ttft_among_busy_ms,
 )
+from llumctl.profile.warming import WarmingPoints, WarmingSettings, fit_warming
 from llumctl.sim.workload import WorkloadSpec, generate
 
 
@@ -33,6 +36,53 @@ def test_fits_recover_known_coefficients() -> None:
     assert fit_prefill(prefill) == pytest.approx((12, 0.5, 1e-4))
     decode = [(b, s, 20 + 0.3 * b + 0.002 * s) for b in (1, 4, 16) for s in (100, 3000)]
     assert fit_decode(decode) == pytest.approx((20, 0.3, 0.002))
+
+
+def _cold_chunks_ms(slowdown: float, warm_up_ms: float, jitter_ms: float = 0.0) -> list[float]:
+    """Token arrivals of a 64-token request on a cold host, 2 ms steps, first at 15 ms."""
+    times = [15.0]
+    for k in range(63):
+        step = 2.0 * (1 + slowdown * math.exp(-(times[-1] + 1.0) / warm_up_ms))
+        times.append(times[-1] + step + (jitter_ms if k % 7 == 3 else 0.0))
+    return times
+
+
+def test_warm_up_fit_recovers_the_slowdown_and_its_time_constant() -> None:
+    # One request of three hit by scheduling hiccups: the per-token medians ignore it.
+    chunks = [_cold_chunks_ms(0.6, 80.0), _cold_chunks_ms(0.6, 80.0), _cold_chunks_ms(0.6, 80.0, 9)]
+    slowdown, warm_up_ms = fit_warm_up(chunks, 2.0)
+    assert slowdown == pytest.approx(0.6, rel=0.05)
+    assert warm_up_ms == pytest.approx(80.0, rel=0.06)
+    # A host that is not slower when cold: nothing to model.
+    assert fit_warm_up([_cold_chunks_ms(0.0, 80.0)] * 2, 2.0) == (0.0, 0.0)
+    assert fit_warm_up([[15.0, 17.0]], 2.0) == (0.0, 0.0)  # one interval is no curve
+
+
+def test_cool_down_fit_reads_the_time_constant_off_two_pauses() -> None:
+    # Cooling with 1 s: a 1 s pause leaves (1 - e^-1) of the coldness a 3 s one does.
+    short = 0.3 * (1 - math.exp(-1.0))
+    long = 0.3 * (1 - math.exp(-3.0))
+    assert fit_cool_down(short, long, 1000.0, 3000.0) == pytest.approx(1000.0, rel=0.05)
+    assert fit_cool_down(0.1, 0.0, 1000.0, 3000.0) == 0.0  # the long pause showed nothing
+    # A short pause as slow as the long one: the host cools (nearly) at once.
+    assert fit_cool_down(0.3, 0.3, 1000.0, 3000.0) < 250.0
+
+
+def test_warming_keys_from_the_probes_and_defaults_when_no_slowdown_shows() -> None:
+    settings = WarmingSettings(rounds=2, short_gap_s=1.0, long_gap_s=3.0)
+    cold = _cold_chunks_ms(0.6, 80.0)
+    mean_cold = (cold[-1] - cold[0]) / 63
+    points = WarmingPoints(
+        [2.0, 2.0], [2.0 + 0.6 * (mean_cold - 2.0)] * 2, [mean_cold] * 2, [cold] * 2
+    )
+    keys = fit_warming(points, settings)
+    assert keys["cold_slowdown"] == pytest.approx(0.6, rel=0.05)
+    assert keys["warm_up_ms"] == pytest.approx(80.0, rel=0.06)
+    assert 500.0 < keys["cool_down_ms"] < 2000.0
+    flat = WarmingPoints([2.0] * 2, [2.0] * 2, [2.0] * 2, [_cold_chunks_ms(0.0, 80.0)] * 2)
+    assert fit_warming(flat, settings) == {
+        "cold_slowdown": 0.0, "warm_up_ms": 100.0, "cool_down_ms": 1000.0
+    }  # fmt: skip
 
 
 def test_second_token_extra_is_the_short_requests_rise_over_the_long_ones() -> None:
