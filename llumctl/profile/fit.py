@@ -4,7 +4,10 @@ Time to first token of an n-token prompt: `c + a*n + b*n^2`, where `c` is the fi
 of a request outside engine steps (the profile's `request_overhead_ms`) and `a*n + b*n^2`
 the prefill step. Decode step: `base + per_seq*B + per_token*S`. A request's second token
 comes `second_token_extra_ms` later than the step alone explains (the stream's start on
-the path measured), once per request.
+the path measured), once per request. A host idle for a while runs its next steps
+`cold_step_extra_ms` slower, and its next first token `cold_first_token_ms` later,
+recovering with `warm_up_ms` of work and cooling again with `cool_down_ms` of idleness
+(llumctl/sim/hosts.py).
 Coefficients are non-negative because the profile format rejects negative values; a term
 whose unconstrained fit is negative is dropped and the rest refitted.
 """
@@ -90,26 +93,24 @@ def relative_error(predicted: float, measured: float) -> float:
 
 # Time constants the warm-up fit tries (ms): 5 ms to 2 s, 5% apart.
 _WARM_UP_GRID_MS = tuple(5.0 * 1.05**k for k in range(124))
-# Below this relative slowdown a cold host is taken for a warm one (noise, not clocks).
-_MIN_COLD_SLOWDOWN = 0.03
+# A cold step's extra under this share of the warm step is noise, not the host's clock.
+_MIN_COLD_SHARE = 0.03
 
 
 def interval_excess(chunk_ms: Sequence[float], step_ms: float) -> list[tuple[float, float]]:
-    """(ms since sending at an interval's middle, interval / step - 1) for each interval
+    """(ms since sending at an interval's middle, interval - step in ms) for each interval
     between consecutive streamed tokens of one request."""
-    return [
-        ((a + b) / 2, (b - a) / step_ms - 1.0) for a, b in zip(chunk_ms, chunk_ms[1:], strict=False)
-    ]
+    return [((a + b) / 2, b - a - step_ms) for a, b in zip(chunk_ms, chunk_ms[1:], strict=False)]
 
 
 def fit_warm_up(cold_chunk_ms: Sequence[Sequence[float]], step_ms: float) -> tuple[float, float]:
-    """(cold_slowdown, warm_up_ms) from lone requests sent to a cold host: each token's
-    chunk time (ms after sending), and the same request's step on a warm host.
+    """(cold_step_extra_ms, warm_up_ms) from lone requests sent to a cold host: each
+    token's chunk time (ms after sending), and the same request's step on a warm host.
 
     Interval k's excess over the warm step, median over the requests, is fitted to
-    `slowdown * exp(-t / warm_up)`, t its time since sending (the host is busy from the
-    request on): least squares, the slowdown in closed form for each time constant of a
-    grid. A slowdown under 3% is noise: (0, 0) then."""
+    `extra * exp(-t / warm_up)`, t its time since sending (the host is busy from the
+    request on): least squares, the extra in closed form for each time constant of a
+    grid. An extra under 3% of the step is noise: (0, 0) then."""
     series = [interval_excess(c, step_ms) for c in cold_chunk_ms if len(c) > 2]
     num_points = min((len(s) for s in series), default=0)
     if step_ms <= 0 or num_points < 2:
@@ -124,20 +125,33 @@ def fit_warm_up(cold_chunk_ms: Sequence[Sequence[float]], step_ms: float) -> tup
     best = (math.inf, 0.0, 0.0)
     for tau in _WARM_UP_GRID_MS:
         decay = [math.exp(-t / tau) for t, _ in points]
-        slowdown = max(0.0, sum(x * e for (_, x), e in zip(points, decay, strict=True)))
-        slowdown /= sum(e * e for e in decay) or 1.0
-        sse = sum((x - slowdown * e) ** 2 for (_, x), e in zip(points, decay, strict=True))
+        extra = max(0.0, sum(x * e for (_, x), e in zip(points, decay, strict=True)))
+        extra /= sum(e * e for e in decay) or 1.0
+        sse = sum((x - extra * e) ** 2 for (_, x), e in zip(points, decay, strict=True))
         if sse < best[0]:
-            best = (sse, slowdown, tau)
-    _, slowdown, tau = best
-    return (slowdown, tau) if slowdown >= _MIN_COLD_SLOWDOWN else (0.0, 0.0)
+            best = (sse, extra, tau)
+    _, extra, tau = best
+    return (extra, tau) if extra >= _MIN_COLD_SHARE * step_ms else (0.0, 0.0)
+
+
+def fit_cold_first_token(
+    warm_ttft_ms: Sequence[float], cold_ttft_ms: Sequence[float], cold_step_extra_ms: float
+) -> float:
+    """cold_first_token_ms: how much later a cold host's first token comes than a warm
+    one's (medians), beyond the cold step extra its prefill step already pays; never
+    below 0, and 0 under 3% of the warm first token (noise)."""
+    if not warm_ttft_ms or not cold_ttft_ms:
+        return 0.0
+    warm = statistics.median(warm_ttft_ms)
+    rise = statistics.median(cold_ttft_ms) - warm - cold_step_extra_ms
+    return rise if rise >= _MIN_COLD_SHARE * warm else 0.0
 
 
 def fit_cool_down(
     short_gap_excess: float, long_gap_excess: float, short_gap_ms: float, long_gap_ms: float
 ) -> float:
     """cool_down_ms from how much slower lone requests run after idle gaps of two lengths,
-    each after a warm host (excess = mean interval / warm step - 1, same request shape):
+    each after a warm host (excess = mean interval - warm step, same request shape):
     warmth decays as exp(-gap / cool_down), so the ratio of the excesses is
     (1 - exp(-short / c)) / (1 - exp(-long / c)). 0 when the long gap showed nothing."""
     if long_gap_excess <= 0 or short_gap_ms <= 0 or long_gap_ms <= short_gap_ms:

@@ -21,7 +21,7 @@ tell the model's error from the machine's drift.
 
 Warming (llumctl/profile/warming.py): lone requests after idle pauses, token by token,
 against the same request on a warm host: how much slower an idle host's next steps are
-and how fast that fades (`cold_slowdown`, `warm_up_ms`, `cool_down_ms`). Every other
+and how fast that fades (`cold_step_extra_ms`, `warm_up_ms`, `cool_down_ms`). Every other
 point here is taken back to back, on a warm host.
 
 Co-located (optional): through an endpoint that spreads simultaneous requests over N

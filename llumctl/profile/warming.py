@@ -1,14 +1,16 @@
 """How much slower a host runs after it has been idle (llumctl/sim/hosts.py, "warmth").
 
 On this project's CPU VM a lone request sent after 1-3 s of idleness decoded its first
-tokens ~60% slower than the same request sent right after another, recovering within
-some 100 ms of work; the profile's other points are taken back to back, on a warm host,
+tokens 1.5-2 ms a step slower than the same request sent right after another (2.3 ms
+steps), recovering within some 100 ms of work; the profile's other points are taken back to back, on a warm host,
 so a light workload (each request arriving at an idle machine) ran slower than its
 simulation. Per round: a request that warms the host, a warm probe, a pause, a probe,
 a longer pause, a probe; all the same shape as the speed probe, every token's arrival
 recorded. The warm probes give the step; the probes after the long pause, token by
-token, the slowdown and how fast it fades (`fit_warm_up`); the two pauses' probes
-against each other, how fast a host cools (`fit_cool_down`).
+token, the extra time a step takes and how fast it fades (`fit_warm_up`), and their
+first tokens against the warm probes', what a cold host adds to a first token beyond
+that (`fit_cold_first_token`); the two pauses' probes against each other, how fast a
+host cools (`fit_cool_down`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest, RequestRecord
 from llumctl.errors import ConnectionFailed
-from llumctl.profile.fit import fit_cool_down, fit_warm_up
+from llumctl.profile.fit import fit_cold_first_token, fit_cool_down, fit_warm_up
 
 # Prompt and output tokens of every request here (the speed probe's shape).
 WARMING_SHAPE = (32, 64)
@@ -42,8 +44,9 @@ class WarmingPoints:
     warm_tpot_ms: list[float]
     short_gap_tpot_ms: list[float]
     long_gap_tpot_ms: list[float]
-    # Each long-pause probe's token arrivals, ms after sending.
+    # Each long-pause probe's token arrivals, ms after sending (the first is its TTFT).
     long_gap_chunks_ms: list[list[float]]
+    warm_ttft_ms: list[float]
 
 
 async def measure_warming(
@@ -54,12 +57,15 @@ async def measure_warming(
     short: list[float] = []
     long: list[float] = []
     chunks: list[list[float]] = []
+    warm_ttft: list[float] = []
     gen.record_chunk_times = True
     try:
         for rep in range(settings.rounds):
             seed = seed_base + 10 * rep
             await _lone(gen, seed)  # warms the host after the last round's long pause
-            warm.append((await _lone(gen, seed + 1)).tpot_s * 1000)
+            record = await _lone(gen, seed + 1)
+            warm.append(record.tpot_s * 1000)
+            warm_ttft.append(record.ttft_s * 1000)
             await asyncio.sleep(settings.short_gap_s)
             short.append((await _lone(gen, seed + 2)).tpot_s * 1000)
             await asyncio.sleep(settings.long_gap_s)
@@ -68,16 +74,24 @@ async def measure_warming(
             chunks.append([t * 1000 for t in record.chunk_times_s])
     finally:
         gen.record_chunk_times = False
-    return WarmingPoints(warm, short, long, chunks)
+    return WarmingPoints(warm, short, long, chunks, warm_ttft)
 
 
 def fit_warming(points: WarmingPoints, settings: WarmingSettings) -> dict[str, float]:
     """The profile's three warming keys; a host that showed no slowdown gets
-    `cold_slowdown` 0 and the time constants' defaults."""
+    `cold_step_extra_ms` 0 and the time constants' defaults."""
     step_ms = statistics.median(points.warm_tpot_ms)
-    slowdown, warm_up_ms = fit_warm_up(points.long_gap_chunks_ms, step_ms)
-    if slowdown <= 0:
-        return {"cold_slowdown": 0.0, "warm_up_ms": 100.0, "cool_down_ms": 1000.0}
+    extra_ms, warm_up_ms = fit_warm_up(points.long_gap_chunks_ms, step_ms)
+    first_token_ms = fit_cold_first_token(
+        points.warm_ttft_ms, [c[0] for c in points.long_gap_chunks_ms if c], extra_ms
+    )
+    if extra_ms <= 0 and first_token_ms <= 0:
+        return {
+            "cold_step_extra_ms": 0.0,
+            "cold_first_token_ms": 0.0,
+            "warm_up_ms": 100.0,
+            "cool_down_ms": 1000.0,
+        }
     cool_down_ms = fit_cool_down(
         _excess(points.short_gap_tpot_ms, step_ms),
         _excess(points.long_gap_tpot_ms, step_ms),
@@ -85,8 +99,9 @@ def fit_warming(points: WarmingPoints, settings: WarmingSettings) -> dict[str, f
         settings.long_gap_s * 1000,
     )
     return {
-        "cold_slowdown": slowdown,
-        "warm_up_ms": warm_up_ms,
+        "cold_step_extra_ms": extra_ms,
+        "cold_first_token_ms": first_token_ms,
+        "warm_up_ms": warm_up_ms or 100.0,
         "cool_down_ms": cool_down_ms or 1000.0,
     }
 
@@ -98,11 +113,13 @@ def warming_result(points: WarmingPoints, settings: WarmingSettings) -> dict[str
         "warm_tpot_ms": points.warm_tpot_ms,
         "short_gap_tpot_ms": points.short_gap_tpot_ms,
         "long_gap_tpot_ms": points.long_gap_tpot_ms,
+        "warm_ttft_ms": points.warm_ttft_ms,
+        "long_gap_ttft_ms": [c[0] for c in points.long_gap_chunks_ms if c],
     }
 
 
 def _excess(tpot_ms: list[float], step_ms: float) -> float:
-    return statistics.median(tpot_ms) / step_ms - 1.0
+    return statistics.median(tpot_ms) - step_ms
 
 
 async def _lone(gen: LoadGenerator, seed: int) -> RequestRecord:

@@ -63,7 +63,10 @@ class Simulation:
         self.instances: dict[str, SimInstance] = {}
         self._busy: set[str] = set()
         warming = Warming(
-            profile.cold_slowdown, profile.warm_up_ms / 1000.0, profile.cool_down_ms / 1000.0
+            cold_step_extra_s=profile.cold_step_extra_ms / 1000.0,
+            cold_first_token_s=profile.cold_first_token_ms / 1000.0,
+            warm_up_s=profile.warm_up_ms / 1000.0,
+            cool_down_s=profile.cool_down_ms / 1000.0,
         )
         self.hosts = HostSharing(config.instances_per_host, profile.co_located_slowdown, warming)
         self._events: list[tuple[float, int, int, Any]] = []
@@ -144,7 +147,7 @@ class Simulation:
             self.hosts.set_busy(inst.instance_id, False, now)
             self._maybe_retire(inst, now)
             return
-        end = now + result.duration_s * self.hosts.step_factor(inst.instance_id, now)
+        end = now + self.hosts.step_duration(inst.instance_id, now, result.duration_s)
         self._record(inst.instance_id, result, now, end)
         self._seq += 1
         heapq.heappush(self._events, (end, self._seq, STEP, inst))
@@ -242,10 +245,12 @@ class Simulation:
             req.request_id, -(-req.context_tokens // bs), Priority(req.priority)
         )
         self._pending.setdefault(iid, []).append(pending)
+        # The host's warmth before this request makes it busy.
+        cold_s = self.hosts.cold_first_token_s(iid, now)
         self._kick(inst, now)
         if req.first_token_time is None:
             busy = self.hosts.num_busy(iid)
-            req.first_token_delay_s = self.profile.first_token_extra_ms(busy) / 1000.0
+            req.first_token_delay_s = self.profile.first_token_extra_ms(busy) / 1000.0 + cold_s
 
     # ---- policy loop --------------------------------------------------------------------
     def _on_tick(self, now: float, _: Any) -> None:

@@ -13,15 +13,20 @@ A request's first token also comes later when its host is busy: the profile's
 dispatched (its own included), is added to its time to first token.
 
 A host that has been idle is slower for its first steps (measured on this project's CPU
-VM: after 1-3 s idle, a lone request's decode steps started ~60% slower and took some
-100 ms of work to recover; clocks ramping up from idle, on a GPU too). Each host has a
-warmth w in [0, 1]: it approaches 1 with time constant `warm_up_ms` while any of its
-instances is busy and decays to 0 with `cool_down_ms` while none is; a step takes
-`(1 + cold_slowdown * (1 - w))` times as long (the profile's keys; `cold_slowdown` 0, the
-default, turns it off). Hosts start warm.
+VM: after 1-3 s idle, a lone request's first decode steps took 1.5-2 ms longer than its
+2.3 ms warm ones, and its first token ~3 ms longer, recovering within some 100 ms of
+work: a cost per step, not a factor, as a long prefill pays it no more than a decode
+step does). Each host has a warmth w in [0, 1]: it approaches 1 with time constant
+`warm_up_ms` while any of its instances is busy and decays to 0 with `cool_down_ms`
+while none is; a step takes `cold_step_extra_ms * (1 - w)` longer (the profile's keys;
+`cold_step_extra_ms` 0, the default, turns it off). A request dispatched to a host with
+warmth w also gets `cold_first_token_ms * (1 - w)` added to its first token: measured,
+a cold host's first token came 6-7 ms later whether the prompt was 32 or 512 tokens
+(11 -> 18 ms and 30 -> 37 ms), far more than one cold step's extra, as every process on
+the request's path (relay, frontend, engine) wakes up in turn. Hosts start warm.
 
-Both factors are fixed when a step starts: a neighbour that starts or stops mid-step does
-not stretch or shorten it (steps are milliseconds; this keeps every step one event).
+Both are fixed when a step starts: a neighbour that starts or stops mid-step does not
+stretch or shorten it (steps are milliseconds; this keeps every step one event).
 """
 
 from __future__ import annotations
@@ -34,9 +39,14 @@ from dataclasses import dataclass
 class Warming:
     """How an idle host's steps slow down and recover (the profile's three keys)."""
 
-    cold_slowdown: float = 0.0
+    cold_step_extra_s: float = 0.0
+    cold_first_token_s: float = 0.0
     warm_up_s: float = 0.1
     cool_down_s: float = 1.0
+
+    @property
+    def is_on(self) -> bool:
+        return self.cold_step_extra_s > 0 or self.cold_first_token_s > 0
 
 
 @dataclass
@@ -95,16 +105,19 @@ class HostSharing:
         """The host's warmth at `now` (1 = warm, 0 = cold)."""
         return self._host(instance_id, now).warmth
 
-    def step_factor(self, instance_id: str, now: float = 0.0) -> float:
-        """How much longer than profiled a step of this (busy) instance takes now."""
+    def step_duration(self, instance_id: str, now: float, duration_s: float) -> float:
+        """How long a step of this (busy) instance profiled at `duration_s` takes now."""
         host = self._host(instance_id, now)
-        factor = 1.0 + self.warming.cold_slowdown * (1.0 - host.warmth)
         if self.is_shared:
-            factor *= 1.0 + self.slowdown * max(0, max(1, host.num_busy) - 1)
-        return factor
+            duration_s *= 1.0 + self.slowdown * max(0, max(1, host.num_busy) - 1)
+        return duration_s + self.warming.cold_step_extra_s * (1.0 - host.warmth)
+
+    def cold_first_token_s(self, instance_id: str, now: float) -> float:
+        """Extra time to first token of a request dispatched to this instance now."""
+        return self.warming.cold_first_token_s * (1.0 - self._host(instance_id, now).warmth)
 
     def _host(self, instance_id: str, now: float) -> _Host:
         host = self._hosts[self._host_of[instance_id]]
-        if self.warming.cold_slowdown > 0:
+        if self.warming.is_on:
             host.advance(now, self.warming)
         return host

@@ -29,8 +29,10 @@ keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency 
     co_located_first_token_ms  []   extra time to first token of a request dispatched while
                                       k instances of its host are busy (itself included):
                                       the k-th entry (the last when k is larger); [] = none
-    cold_slowdown          0.0      relative step slowdown on a host idle long enough to be
+    cold_step_extra_ms     0.0      ms added to a step on a host idle long enough to be
                                       cold; 0 = none (llumctl/sim/hosts.py)
+    cold_first_token_ms    0.0      ms added to the first token of a request dispatched
+                                      to a cold host; 0 = none
     warm_up_ms             100.0    busy time in which a cold host's slowdown falls by e
     cool_down_ms           1000.0   idle time in which a warm host's warmth falls by e
 
@@ -78,9 +80,10 @@ class LatencyProfile:
     # in turn, so on oversubscribed cores it suffers far more than a step's throughput
     # does, and not linearly in k: measured per k rather than fitted to a slope.
     co_located_first_token_ms: tuple[float, ...] = ()
-    # A host idle for a while runs its next steps slower (clocks ramp up again): a ratio
-    # and two time constants of the host's clock, not of its steps, so `scaled` keeps them.
-    cold_slowdown: float = 0.0
+    # A host idle for a while runs its next steps slower: a cost per step, and two time
+    # constants of the host's clock, not of its steps, which `scaled` keeps.
+    cold_step_extra_ms: float = 0.0
+    cold_first_token_ms: float = 0.0
     warm_up_ms: float = 100.0
     cool_down_ms: float = 1000.0
 
@@ -107,8 +110,8 @@ class LatencyProfile:
 
     def scaled(self, factor: float) -> LatencyProfile:
         """This profile on a machine whose steps take `factor` times as long: every time
-        term scaled; capacity, the slowdowns (ratios) and the warming time constants (the
-        host's clock) unchanged."""
+        term scaled; capacity, the co-located slowdown (a ratio) and the warming time
+        constants (the host's clock) unchanged."""
         if factor <= 0:
             raise ProfileError(f"a speed factor must be positive, got {factor!r}")
         times = {f.name: getattr(self, f.name) * factor for f in fields(self) if _is_time(f.name)}

@@ -128,7 +128,8 @@ def test_profile_writes_a_simulator_profile(openai_server, tmp_path: Path) -> No
     assert warming["gaps_s"] == [0.3, 2.0]
     for key in ("warm_tpot_ms", "short_gap_tpot_ms", "long_gap_tpot_ms"):
         assert len(warming[key]) == 2 and all(ms > 0 for ms in warming[key]), key
-    assert profile.cold_slowdown >= 0.0
+    assert profile.cold_step_extra_ms >= 0.0 and profile.cold_first_token_ms >= 0.0
+    assert len(warming["warm_ttft_ms"]) == 2 and len(warming["long_gap_ttft_ms"]) == 2
     assert profile.warm_up_ms > 0 and profile.cool_down_ms > 0
 
 

@@ -13,6 +13,7 @@ from llumctl.bench.workload import fit_lengths, from_specs, log_line, to_specs
 from llumctl.errors import InputError
 from llumctl.profile.fit import (
     fit_co_located,
+    fit_cold_first_token,
     fit_cool_down,
     fit_decode,
     fit_first_token_extra,
@@ -38,20 +39,20 @@ def test_fits_recover_known_coefficients() -> None:
     assert fit_decode(decode) == pytest.approx((20, 0.3, 0.002))
 
 
-def _cold_chunks_ms(slowdown: float, warm_up_ms: float, jitter_ms: float = 0.0) -> list[float]:
+def _cold_chunks_ms(extra_ms: float, warm_up_ms: float, jitter_ms: float = 0.0) -> list[float]:
     """Token arrivals of a 64-token request on a cold host, 2 ms steps, first at 15 ms."""
     times = [15.0]
     for k in range(63):
-        step = 2.0 * (1 + slowdown * math.exp(-(times[-1] + 1.0) / warm_up_ms))
+        step = 2.0 + extra_ms * math.exp(-(times[-1] + 1.0) / warm_up_ms)
         times.append(times[-1] + step + (jitter_ms if k % 7 == 3 else 0.0))
     return times
 
 
-def test_warm_up_fit_recovers_the_slowdown_and_its_time_constant() -> None:
+def test_warm_up_fit_recovers_the_step_extra_and_its_time_constant() -> None:
     # One request of three hit by scheduling hiccups: the per-token medians ignore it.
-    chunks = [_cold_chunks_ms(0.6, 80.0), _cold_chunks_ms(0.6, 80.0), _cold_chunks_ms(0.6, 80.0, 9)]
-    slowdown, warm_up_ms = fit_warm_up(chunks, 2.0)
-    assert slowdown == pytest.approx(0.6, rel=0.05)
+    chunks = [_cold_chunks_ms(1.2, 80.0), _cold_chunks_ms(1.2, 80.0), _cold_chunks_ms(1.2, 80.0, 9)]
+    extra_ms, warm_up_ms = fit_warm_up(chunks, 2.0)
+    assert extra_ms == pytest.approx(1.2, rel=0.05)
     assert warm_up_ms == pytest.approx(80.0, rel=0.06)
     # A host that is not slower when cold: nothing to model.
     assert fit_warm_up([_cold_chunks_ms(0.0, 80.0)] * 2, 2.0) == (0.0, 0.0)
@@ -68,20 +69,33 @@ def test_cool_down_fit_reads_the_time_constant_off_two_pauses() -> None:
     assert fit_cool_down(0.3, 0.3, 1000.0, 3000.0) < 250.0
 
 
+def test_cold_first_token_is_the_rise_beyond_the_cold_prefill_step() -> None:
+    # Warm first tokens 11 ms, cold 18 ms, of which the prefill step's own cold extra 1.2.
+    assert fit_cold_first_token([11.0, 10.0, 12.0], [18.0, 30.0, 17.0], 1.2) == pytest.approx(5.8)
+    assert fit_cold_first_token([11.0], [11.2], 0.0) == 0.0  # under 3%: noise
+    assert fit_cold_first_token([11.0], [12.0], 1.5) == 0.0  # the step explains it all
+    assert fit_cold_first_token([], [18.0], 0.0) == 0.0
+
+
 def test_warming_keys_from_the_probes_and_defaults_when_no_slowdown_shows() -> None:
-    settings = WarmingSettings(rounds=2, short_gap_s=1.0, long_gap_s=3.0)
-    cold = _cold_chunks_ms(0.6, 80.0)
+    settings = WarmingSettings(rounds=2, short_gap_s=0.3, long_gap_s=3.0)
+    cold = _cold_chunks_ms(1.2, 80.0)
     mean_cold = (cold[-1] - cold[0]) / 63
-    points = WarmingPoints(
-        [2.0, 2.0], [2.0 + 0.6 * (mean_cold - 2.0)] * 2, [mean_cold] * 2, [cold] * 2
-    )
+    short_gap = 2.0 + 0.3 * (mean_cold - 2.0)  # the short pause cooled the host by 30%
+    points = WarmingPoints([2.0] * 2, [short_gap] * 2, [mean_cold] * 2, [cold] * 2, [9.0] * 2)
     keys = fit_warming(points, settings)
-    assert keys["cold_slowdown"] == pytest.approx(0.6, rel=0.05)
+    assert keys["cold_step_extra_ms"] == pytest.approx(1.2, rel=0.05)
     assert keys["warm_up_ms"] == pytest.approx(80.0, rel=0.06)
-    assert 500.0 < keys["cool_down_ms"] < 2000.0
-    flat = WarmingPoints([2.0] * 2, [2.0] * 2, [2.0] * 2, [_cold_chunks_ms(0.0, 80.0)] * 2)
+    # exp(-300 / c) = 0.7 (relative to the 3 s pause's nearly full cooling): c ~ 0.85 s.
+    assert 700.0 < keys["cool_down_ms"] < 1000.0
+    # First token 15 ms cold against 9 warm: 6 ms, of which 1.2 the cold prefill step.
+    assert keys["cold_first_token_ms"] == pytest.approx(6.0 - keys["cold_step_extra_ms"])
+    flat = WarmingPoints(
+        [2.0] * 2, [2.0] * 2, [2.0] * 2, [_cold_chunks_ms(0.0, 80.0)] * 2, [15.0] * 2
+    )
     assert fit_warming(flat, settings) == {
-        "cold_slowdown": 0.0, "warm_up_ms": 100.0, "cool_down_ms": 1000.0
+        "cold_step_extra_ms": 0.0, "cold_first_token_ms": 0.0, "warm_up_ms": 100.0,
+        "cool_down_ms": 1000.0,
     }  # fmt: skip
 
 
