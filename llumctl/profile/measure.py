@@ -20,9 +20,10 @@ the machine is then (`LatencyProfile.scaled`), so a comparison with the simulato
 tell the model's error from the machine's drift.
 
 Warming (llumctl/profile/warming.py): lone requests after idle pauses, token by token,
-against the same request on a warm host: how much slower an idle host's next steps are
-and how fast that fades (`cold_step_extra_ms`, `warm_up_ms`, `cool_down_ms`). Every other
-point here is taken back to back, on a warm host.
+against the same request on a warm host: how much slower an idle host's next steps and
+first token are and how fast that fades (`cold_step_extra_ms`, `cold_first_token_ms`,
+`warm_up_ms`, `cool_down_ms`). Every other point here is taken back to back, on a warm
+host.
 
 Co-located (optional): through an endpoint that spreads simultaneous requests over N
 instances of the profiled engine's host (a llumctl controller with all of them serving),

@@ -2,15 +2,15 @@
 
 On this project's CPU VM a lone request sent after 1-3 s of idleness decoded its first
 tokens 1.5-2 ms a step slower than the same request sent right after another (2.3 ms
-steps), recovering within some 100 ms of work; the profile's other points are taken back to back, on a warm host,
-so a light workload (each request arriving at an idle machine) ran slower than its
-simulation. Per round: a request that warms the host, a warm probe, a pause, a probe,
-a longer pause, a probe; all the same shape as the speed probe, every token's arrival
-recorded. The warm probes give the step; the probes after the long pause, token by
-token, the extra time a step takes and how fast it fades (`fit_warm_up`), and their
-first tokens against the warm probes', what a cold host adds to a first token beyond
-that (`fit_cold_first_token`); the two pauses' probes against each other, how fast a
-host cools (`fit_cool_down`).
+steps), recovering within some 100 ms of work. The profile's other points are taken back
+to back, on a warm host, so a light workload (each request arriving at an idle machine)
+ran slower than its simulation. Per round: a request that warms the host, a warm probe,
+a pause, a probe, a longer pause, a probe; all the same shape as the speed probe, every
+token's arrival recorded. The warm probes give the step; the probes after the long
+pause, token by token, the extra time a step takes and how fast it fades
+(`fit_warm_up`), and their first tokens against the warm probes', what a cold host adds
+to a first token beyond that (`fit_cold_first_token`); the two pauses' probes against
+each other, how fast a host cools (`fit_cool_down`).
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ async def measure_warming(
 
 
 def fit_warming(points: WarmingPoints, settings: WarmingSettings) -> dict[str, float]:
-    """The profile's three warming keys; a host that showed no slowdown gets
-    `cold_step_extra_ms` 0 and the time constants' defaults."""
+    """The profile's four warming keys; a host that showed no slowdown gets both extras
+    0 and the time constants' defaults."""
     step_ms = statistics.median(points.warm_tpot_ms)
     extra_ms, warm_up_ms = fit_warm_up(points.long_gap_chunks_ms, step_ms)
     first_token_ms = fit_cold_first_token(

@@ -14,16 +14,16 @@ dispatched (its own included), is added to its time to first token.
 
 A host that has been idle is slower for its first steps (measured on this project's CPU
 VM: after 1-3 s idle, a lone request's first decode steps took 1.5-2 ms longer than its
-2.3 ms warm ones, and its first token ~3 ms longer, recovering within some 100 ms of
-work: a cost per step, not a factor, as a long prefill pays it no more than a decode
-step does). Each host has a warmth w in [0, 1]: it approaches 1 with time constant
-`warm_up_ms` while any of its instances is busy and decays to 0 with `cool_down_ms`
-while none is; a step takes `cold_step_extra_ms * (1 - w)` longer (the profile's keys;
-`cold_step_extra_ms` 0, the default, turns it off). A request dispatched to a host with
-warmth w also gets `cold_first_token_ms * (1 - w)` added to its first token: measured,
-a cold host's first token came 6-7 ms later whether the prompt was 32 or 512 tokens
-(11 -> 18 ms and 30 -> 37 ms), far more than one cold step's extra, as every process on
-the request's path (relay, frontend, engine) wakes up in turn. Hosts start warm.
+2.3 ms warm ones, recovering within some 100 ms of work: a cost per step, not a factor,
+as a long prefill pays it no more than a decode step does). Each host has a warmth w in
+[0, 1]: it approaches 1 with time constant `warm_up_ms` while any of its instances is
+busy and decays to 0 with `cool_down_ms` while none is; a step takes
+`cold_step_extra_ms * (1 - w)` longer. A request dispatched to a host with warmth w also
+gets `cold_first_token_ms * (1 - w)` added to its first token: after 3 s idle a first
+token came 6-7 ms later whether the prompt was 32 or 512 tokens (11 -> 18 ms and
+30 -> 37 ms), more than one cold step's extra, as every process on the request's path
+(relay, frontend, engine) wakes up in turn. Both extras 0 (the profile's default) turn
+this off. Hosts start warm.
 
 Both are fixed when a step starts: a neighbour that starts or stops mid-step does not
 stretch or shorten it (steps are milliseconds; this keeps every step one event).
@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Warming:
-    """How an idle host's steps slow down and recover (the profile's three keys)."""
+    """How an idle host's steps and first tokens slow down and recover (the profile's
+    four warming keys, in seconds)."""
 
     cold_step_extra_s: float = 0.0
     cold_first_token_s: float = 0.0
@@ -100,10 +101,6 @@ class HostSharing:
     def num_busy(self, instance_id: str) -> int:
         """Busy instances on this instance's host (itself included when busy)."""
         return self._hosts[self._host_of[instance_id]].num_busy
-
-    def warmth(self, instance_id: str, now: float) -> float:
-        """The host's warmth at `now` (1 = warm, 0 = cold)."""
-        return self._host(instance_id, now).warmth
 
     def step_duration(self, instance_id: str, now: float, duration_s: float) -> float:
         """How long a step of this (busy) instance profiled at `duration_s` takes now."""

@@ -80,8 +80,9 @@ class LatencyProfile:
     # in turn, so on oversubscribed cores it suffers far more than a step's throughput
     # does, and not linearly in k: measured per k rather than fitted to a slope.
     co_located_first_token_ms: tuple[float, ...] = ()
-    # A host idle for a while runs its next steps slower: a cost per step, and two time
-    # constants of the host's clock, not of its steps, which `scaled` keeps.
+    # A host idle for a while runs its next steps slower and its next first token later:
+    # a cost per step and one per first token, and two time constants of the host's
+    # clock, not of its steps, which `scaled` keeps.
     cold_step_extra_ms: float = 0.0
     cold_first_token_ms: float = 0.0
     warm_up_ms: float = 100.0
