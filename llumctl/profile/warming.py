@@ -24,6 +24,7 @@ from llumctl.bench.loadgen import LoadGenerator
 from llumctl.bench.records import BenchRequest, RequestRecord
 from llumctl.errors import ConnectionFailed
 from llumctl.profile.fit import fit_cold_first_token, fit_cool_down, fit_warm_up
+from llumctl.sim.profile import LatencyProfile
 
 # Prompt and output tokens of every request here (the speed probe's shape).
 WARMING_SHAPE = (32, 64)
@@ -47,6 +48,10 @@ class WarmingPoints:
     # Each long-pause probe's token arrivals, ms after sending (the first is its TTFT).
     long_gap_chunks_ms: list[list[float]]
     warm_ttft_ms: list[float]
+
+    @property
+    def long_gap_ttft_ms(self) -> list[float]:
+        return [chunks[0] for chunks in self.long_gap_chunks_ms if chunks]
 
 
 async def measure_warming(
@@ -82,15 +87,14 @@ def fit_warming(points: WarmingPoints, settings: WarmingSettings) -> dict[str, f
     0 and the time constants' defaults."""
     step_ms = statistics.median(points.warm_tpot_ms)
     extra_ms, warm_up_ms = fit_warm_up(points.long_gap_chunks_ms, step_ms)
-    first_token_ms = fit_cold_first_token(
-        points.warm_ttft_ms, [c[0] for c in points.long_gap_chunks_ms if c], extra_ms
-    )
+    first_token_ms = fit_cold_first_token(points.warm_ttft_ms, points.long_gap_ttft_ms, extra_ms)
+    default = LatencyProfile()
     if extra_ms <= 0 and first_token_ms <= 0:
         return {
             "cold_step_extra_ms": 0.0,
             "cold_first_token_ms": 0.0,
-            "warm_up_ms": 100.0,
-            "cool_down_ms": 1000.0,
+            "warm_up_ms": default.warm_up_ms,
+            "cool_down_ms": default.cool_down_ms,
         }
     cool_down_ms = fit_cool_down(
         _excess(points.short_gap_tpot_ms, step_ms),
@@ -101,8 +105,8 @@ def fit_warming(points: WarmingPoints, settings: WarmingSettings) -> dict[str, f
     return {
         "cold_step_extra_ms": extra_ms,
         "cold_first_token_ms": first_token_ms,
-        "warm_up_ms": warm_up_ms or 100.0,
-        "cool_down_ms": cool_down_ms or 1000.0,
+        "warm_up_ms": warm_up_ms or default.warm_up_ms,
+        "cool_down_ms": cool_down_ms or default.cool_down_ms,
     }
 
 
@@ -114,7 +118,7 @@ def warming_result(points: WarmingPoints, settings: WarmingSettings) -> dict[str
         "short_gap_tpot_ms": points.short_gap_tpot_ms,
         "long_gap_tpot_ms": points.long_gap_tpot_ms,
         "warm_ttft_ms": points.warm_ttft_ms,
-        "long_gap_ttft_ms": [c[0] for c in points.long_gap_chunks_ms if c],
+        "long_gap_ttft_ms": points.long_gap_ttft_ms,
     }
 
 
