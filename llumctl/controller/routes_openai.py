@@ -64,12 +64,15 @@ def register(app: FastAPI, ctrl: Controller) -> None:
     async def models(request: Request) -> dict[str, Any]:
         _check_api_key(ctrl, request.headers.get("authorization"))
         names = sorted(ctrl.state.models() | {m.name for m in ctrl.config.models})
-        return {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": 0, "owned_by": "llumctl"} for n in names
-            ],
-        }
+        return {"object": "list", "data": [_model_entry(ctrl, n) for n in names]}
+
+
+def _model_entry(ctrl: Controller, name: str) -> dict[str, Any]:
+    """One /v1/models entry; with `max_model_len` as vLLM gives it, once an instance says."""
+    entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "llumctl"}
+    if max_model_len := ctrl.state.max_model_len(name):
+        entry["max_model_len"] = max_model_len
+    return entry
 
 
 def _check_api_key(ctrl: Controller, authorization: str | None) -> None:

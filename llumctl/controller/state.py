@@ -290,6 +290,17 @@ class ClusterState:
     def models(self) -> set[str]:
         return {e.info.model for e in self.instances.values()}
 
+    def max_model_len(self, model: str) -> int:
+        """The longest context every serving instance of `model` takes (0: none says)."""
+        lengths = [
+            e.info.max_model_len
+            for e in self.instances.values()
+            if e.info.model == model
+            and e.info.state in ("running", "draining")
+            and e.info.max_model_len > 0
+        ]
+        return min(lengths, default=0)
+
     def view(self, *, by_group: bool = True) -> ClusterView:
         """The policy's input: live instances, their pending dispatches, scaling state.
 

@@ -73,6 +73,10 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 # When the first-token probe is sent after its busy neighbours (s).
 _PROBE_AFTER_S = 0.5
+# The neighbours' prompt, and how many times the probe's delay they decode for at the lone
+# speed: margin for the probe's own first token and a fast spell of the machine.
+_NEIGHBOUR_PROMPT = 32
+_NEIGHBOUR_BUSY_X = 3.0
 
 # Pause before each co-located measurement (s): two of the llumlets' load-report intervals
 # (0.2 s), so the controller has seen the last measurement's requests finish. Without it,
@@ -284,7 +288,8 @@ async def measure_co_located_all(
     _say(progress, f"co-located: 1..{settings.co_located} decodes at once")
     per_token = await measure_co_located(settings)
     _say(progress, f"co-located: a first token with 0..{settings.co_located - 1} busy")
-    return per_token, await measure_co_located_first_token(settings)
+    lone_ms_per_token = dict(per_token)[1]
+    return per_token, await measure_co_located_first_token(settings, lone_ms_per_token)
 
 
 async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float]]:
@@ -302,15 +307,23 @@ async def measure_co_located(settings: ProfileSettings) -> list[tuple[int, float
     return [(k, float(statistics.median(ms))) for k, ms in times.items()]
 
 
-async def measure_co_located_first_token(settings: ProfileSettings) -> list[tuple[int, float]]:
+async def measure_co_located_first_token(
+    settings: ProfileSettings, lone_ms_per_token: float
+) -> list[tuple[int, float]]:
     """(k, mean TTFT ms) of a short probe sent while k - 1 long decodes run, k = 1..N: the
     endpoint puts the probe on the instance left idle (every policy spreads a lone
-    request onto an idle instance). Rounds of k = 1..N in turn."""
+    request onto an idle instance). Rounds of k = 1..N in turn. `lone_ms_per_token`, a
+    lone decode's time per output token there, sizes the neighbours (`neighbour_tokens`)."""
+    model_len = settings.max_model_len
+    if not model_len:
+        probe = LoadGenerator(settings.co_located_url, settings.model)
+        model_len = int((await _served_model(probe, settings.model)).get("max_model_len") or 0)
+    num_tokens = neighbour_tokens(settings, lone_ms_per_token, model_len)
 
     async def probe_ttft_ms(gen: LoadGenerator, k: int) -> float:
         # The probe arrives once the neighbours are past their prefill and reported busy
         # (llumlets report every 0.2 s); they decode long enough to still be at it then.
-        batch = [BenchRequest(0.0, 32, _neighbour_tokens(settings)) for _ in range(k - 1)]
+        batch = [BenchRequest(0.0, _NEIGHBOUR_PROMPT, num_tokens) for _ in range(k - 1)]
         records, _ = await gen.run([*batch, BenchRequest(_PROBE_AFTER_S, 32, 2)])
         return probe_ttft_among_busy_ms(_ok(records))
 
@@ -322,8 +335,9 @@ async def measure_co_located_first_token(settings: ProfileSettings) -> list[tupl
         if not valid:
             raise LlumctlError(
                 f"co-located first token: in every round a neighbour finished before the "
-                f"probe's first token with {k} busy (an engine faster than "
-                f"{_neighbour_tokens(settings)} tokens in {_PROBE_AFTER_S} s?)"
+                f"probe's first token with {k} busy ({num_tokens} tokens, more than "
+                f"{_NEIGHBOUR_BUSY_X:g}x {_PROBE_AFTER_S} s at {lone_ms_per_token:.2f} ms each "
+                f"alone, took under {_PROBE_AFTER_S} s)"
             )
         points.append((k, float(statistics.mean(valid))))
     return points
@@ -339,12 +353,20 @@ def probe_ttft_among_busy_ms(records: list[RequestRecord]) -> float:
     return float(probe.ttft_s * 1000)
 
 
-def _neighbour_tokens(settings: ProfileSettings) -> int:
-    """Output tokens of the first-token probe's busy neighbours: 512 (256 when quick), a
-    second or more of decoding on this CPU. Until 2026-11-30 they decoded 128 tokens, which
-    a fast spell of the machine (2 ms a token) finished before the probe was sent at 0.5 s,
-    so the probe met idle neighbours and the profile said busy ones cost nothing."""
-    return 16 * settings.decode_tokens
+def neighbour_tokens(settings: ProfileSettings, lone_ms_per_token: float, model_len: int) -> int:
+    """Output tokens of the first-token probe's busy neighbours: enough to decode for
+    `_NEIGHBOUR_BUSY_X` times the probe's delay at the lone speed (busy neighbours are no
+    faster), at least 16 x `decode_tokens`, within `model_len` when known (0: unknown).
+
+    Until 2026-11-30 they decoded a fixed 128 tokens, then 256 (quick), which a fast spell of
+    the machine finished before the probe was sent at 0.5 s (the tiny model decodes a token
+    in 1.4 ms alone): the probe met idle neighbours, and the profile said busy ones cost
+    nothing or, when every round did so, failed."""
+    wanted = math.ceil(_NEIGHBOUR_BUSY_X * _PROBE_AFTER_S * 1000 / max(lone_ms_per_token, 0.01))
+    num_tokens = max(16 * settings.decode_tokens, wanted)
+    if model_len:
+        num_tokens = min(num_tokens, model_len - _NEIGHBOUR_PROMPT - 1)
+    return num_tokens
 
 
 async def _rounds_per_k(

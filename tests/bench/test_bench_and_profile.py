@@ -157,8 +157,8 @@ def test_profile_co_located_points_go_into_the_profile(openai_server, tmp_path: 
 def test_profile_takes_kv_facts_given_for_an_endpoint_that_hides_them(
     openai_server, tmp_path: Path
 ) -> None:
-    # A llumctl controller has neither vLLM's /metrics nor max_model_len in /v1/models:
-    # the operator says them; given values win over what the engine reports.
+    # An endpoint may hide vLLM's /metrics and max_model_len (a llumctl controller has no
+    # /metrics): the operator says them; given values win over what the engine reports.
     out_file = tmp_path / "given.json"
     half = llumctl(
         "profile", "--url", openai_server.url, "--out", str(out_file), "--kv-blocks", "7"

@@ -24,8 +24,10 @@ from llumctl.profile.fit import (
     relative_error,
 )
 from llumctl.profile.measure import (
+    ProfileSettings,
     fitting_decode_grid,
     kv_blocks,
+    neighbour_tokens,
     probe_ttft_among_busy_ms,
 )
 from llumctl.profile.warming import WarmingPoints, WarmingSettings, fit_warming
@@ -230,6 +232,17 @@ def test_a_first_token_probe_counts_only_while_its_neighbours_decode() -> None:
     assert math.isnan(probe_ttft_among_busy_ms([record(0, 0.01, 1.1), record(0, 0.01, 0.4), probe]))
     # Alone (k = 1) there is nothing to miss.
     assert probe_ttft_among_busy_ms([probe]) == pytest.approx(12.0)
+
+
+def test_busy_neighbours_outlast_the_probe_at_the_measured_speed() -> None:
+    quick = ProfileSettings("", quick=True)
+    # 1.4 ms a token alone (the tiny model here): 3 x 0.5 s of decoding, over 256 tokens.
+    assert neighbour_tokens(quick, 1.4, 0) == 1072
+    # Within the context: prompt (32) plus output fit a 1024-token model.
+    assert neighbour_tokens(quick, 1.4, 1024) == 1024 - 32 - 1
+    # A slow engine still gets 16 x decode_tokens (256 quick, 512 full).
+    assert neighbour_tokens(quick, 40.0, 0) == 256
+    assert neighbour_tokens(ProfileSettings(""), 40.0, 4096) == 512
 
 
 def test_workload_maps_both_ways_and_caps_lengths() -> None:

@@ -205,8 +205,11 @@ def test_several_models_dispatch_and_migrate_within_their_own_group(
     )
     agent = agent_factory(controller.url)
     ids_a = add_instances(agent, "a", 2, speedup=20.0)
-    ids_b = add_instances(agent, "b", 2, speedup=20.0)
+    ids_b = add_instances(agent, "b", 2, speedup=20.0, profile={"max_model_len": 2048})
     wait_for(lambda: len(_live(controller)) == 4, what="instances")
+    # /v1/models says each model's context length as vLLM does (clients size requests by it).
+    listed = httpx.get(controller.url + "/v1/models").json()["data"]
+    assert {m["id"]: m["max_model_len"] for m in listed} == {"a": 12288, "b": 2048}
     client = _client(controller)
     with ThreadPoolExecutor(12) as pool:
         replies = list(

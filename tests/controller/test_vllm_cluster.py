@@ -262,16 +262,25 @@ def test_profile_measures_co_located_instances_through_the_controller(
         assert {e["instance"] for e in pair} == {i.instance_id for i in vllm_instances}
 
 
-def test_profile_first_token_probe_goes_to_the_idle_instance(vllm_instances, vllm_controller):
+def test_profile_first_token_probe_goes_to_the_idle_instance(
+    vllm_instances, vllm_controller, tiny_model_dir
+):
     # `llumctl profile --co-located 2`, first-token part: alone, then while the other
     # instance decodes. The probe must land on the idle one (else it measures batching).
+    from llumctl.bench.loadgen import LoadGenerator
     from llumctl.profile.fit import fit_first_token_extra
-    from llumctl.profile.measure import ProfileSettings, measure_co_located_first_token
+    from llumctl.profile.measure import (
+        ProfileSettings,
+        measure_co_located_first_token,
+        measure_speed,
+    )
 
-    before = _api(vllm_controller, vllm_instances[0], "GET", "/api/events").json()["last_seq"]
     url = vllm_controller.url + "/v1"
+    # The lone speed sizes the busy neighbour (`llumctl profile` has it from its k = 1 point).
+    lone_ms = asyncio.run(measure_speed(LoadGenerator(url, str(tiny_model_dir)), 1, 1))[0]
+    before = _api(vllm_controller, vllm_instances[0], "GET", "/api/events").json()["last_seq"]
     settings = ProfileSettings("", quick=True, co_located_url=url, co_located=2)
-    points = asyncio.run(measure_co_located_first_token(settings))
+    points = asyncio.run(measure_co_located_first_token(settings, lone_ms))
     assert [k for k, _ in points] == [1, 2] and all(ms > 0 for _, ms in points)
     extra = fit_first_token_extra(points)
     assert extra[0] == 0.0 and extra[1] >= 0.0
