@@ -335,9 +335,8 @@ async def measure_co_located_first_token(
         if not valid:
             raise LlumctlError(
                 f"co-located first token: in every round a neighbour finished before the "
-                f"probe's first token with {k} busy ({num_tokens} tokens, more than "
-                f"{_NEIGHBOUR_BUSY_X:g}x {_PROBE_AFTER_S} s at {lone_ms_per_token:.2f} ms each "
-                f"alone, took under {_PROBE_AFTER_S} s)"
+                f"probe's first token with {k} busy: its {num_tokens}-token decodes (sized "
+                f"at {lone_ms_per_token:.2f} ms a token alone) ended within {_PROBE_AFTER_S} s"
             )
         points.append((k, float(statistics.mean(valid))))
     return points
@@ -365,7 +364,7 @@ def neighbour_tokens(settings: ProfileSettings, lone_ms_per_token: float, model_
     wanted = math.ceil(_NEIGHBOUR_BUSY_X * _PROBE_AFTER_S * 1000 / max(lone_ms_per_token, 0.01))
     num_tokens = max(16 * settings.decode_tokens, wanted)
     if model_len:
-        num_tokens = min(num_tokens, model_len - _NEIGHBOUR_PROMPT - 1)
+        num_tokens = max(1, min(num_tokens, model_len - _NEIGHBOUR_PROMPT - 1))
     return num_tokens
 
 
