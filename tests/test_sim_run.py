@@ -274,3 +274,29 @@ def test_a_host_idle_long_runs_its_next_steps_slower_until_it_warms_up() -> None
     slower = cold.scaled(2.0)
     assert (slower.warm_up_ms, slower.cool_down_ms) == (100.0, 1000.0)
     assert (slower.cold_step_extra_ms, slower.cold_first_token_ms) == (20.0, 10.0)
+
+
+def test_an_instance_idle_beside_a_busy_neighbour_is_cold() -> None:
+    # Warmth is each instance's: a neighbour decoding on the same host does not keep it
+    # warm (measured here: an instance idle 3 s beside a busy one was as slow as on an
+    # idle host).
+    from llumctl.policy import get_policy
+    from llumctl.sim.cluster import Simulation
+
+    cold = replace(
+        PROFILE, cold_step_extra_ms=10.0, cold_first_token_ms=5.0, warm_up_ms=100.0,
+        cool_down_ms=1000.0,
+    )  # fmt: skip
+
+    def first_token_s(profile: LatencyProfile) -> float:
+        # r0 decodes on instance 0 for minutes; r1 goes to instance 1, idle until then.
+        requests = [RequestSpec("r0", 0.0, 16, 3000), RequestSpec("r1", 20.0, 16, 2)]
+        config = SimConfig(num_instances=2, instances_per_host=2)
+        sim = Simulation(requests, get_policy("round-robin"), config, profile)
+        sim.run()
+        r0, r1 = sim.requests
+        assert r0.instance != r1.instance and r0.finish_time > r1.arrival_time
+        return r1.first_token_time - r1.arrival_time + r1.first_token_delay_s
+
+    # Its prefill step 10 ms longer, its first token 5 ms more on top.
+    assert first_token_s(cold) == pytest.approx(first_token_s(PROFILE) + 0.015, rel=1e-3)

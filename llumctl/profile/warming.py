@@ -1,4 +1,4 @@
-"""How much slower a host runs after it has been idle (llumctl/sim/hosts.py, "warmth").
+"""How much slower an instance runs after it has been idle (llumctl/sim/hosts.py, "warmth").
 
 On this project's CPU VM a lone request sent after 1-3 s of idleness decoded its first
 tokens 1.5-2 ms a step slower than the same request sent right after another (2.3 ms
@@ -10,7 +10,8 @@ token's arrival recorded. The warm probes give the step; the probes after the lo
 pause, token by token, the extra time a step takes and how fast it fades
 (`fit_warm_up`), and their first tokens against the warm probes', what a cold host adds
 to a first token beyond that (`fit_cold_first_token`); the two pauses' probes against
-each other, how fast a host cools (`fit_cool_down`).
+each other, how fast a host cools (`fit_cool_down`). The simulator applies these per
+instance: an instance idle beside a busy neighbour is as cold as one on an idle host.
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ class Simulation:
             req.request_id, -(-req.context_tokens // bs), Priority(req.priority)
         )
         self._pending.setdefault(iid, []).append(pending)
-        # The host's warmth before this request makes it busy.
+        # The instance's warmth before this request makes it busy.
         cold_s = self.hosts.cold_first_token_s(iid, now)
         self._kick(inst, now)
         if req.first_token_time is None:

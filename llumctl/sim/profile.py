@@ -29,12 +29,12 @@ keeps the default, which is the paper's LLaMA-7B on one A10 (paper.md, "Latency 
     co_located_first_token_ms  []   extra time to first token of a request dispatched while
                                       k instances of its host are busy (itself included):
                                       the k-th entry (the last when k is larger); [] = none
-    cold_step_extra_ms     0.0      ms added to a step on a host idle long enough to be
-                                      cold; 0 = none (llumctl/sim/hosts.py)
+    cold_step_extra_ms     0.0      ms added to a step of an instance idle long enough to
+                                      be cold; 0 = none (llumctl/sim/hosts.py)
     cold_first_token_ms    0.0      ms added to the first token of a request dispatched
-                                      to a cold host; 0 = none
-    warm_up_ms             100.0    busy time in which a cold host's slowdown falls by e
-    cool_down_ms           1000.0   idle time in which a warm host's warmth falls by e
+                                      to a cold instance; 0 = none
+    warm_up_ms             100.0    busy time in which a cold instance's extra falls by e
+    cool_down_ms           1000.0   idle time in which an instance's warmth falls by e
 
 A step that decodes B sequences and prefills prompts n_1..n_k lasts
 decode(B, S) + Σ prefill(n_i) (decode term only when B > 0). A measured engine drops in
