@@ -153,11 +153,18 @@ def fit_cool_down(
     """cool_down_ms from how much slower lone requests run after idle gaps of two lengths,
     each after a warm host (excess = mean interval - warm step, same request shape):
     warmth decays as exp(-gap / cool_down), so the ratio of the excesses is
-    (1 - exp(-short / c)) / (1 - exp(-long / c)). 0 when the long gap showed nothing."""
+    (1 - exp(-short / c)) / (1 - exp(-long / c)). 0 when the long gap showed nothing.
+
+    At most a third of the long gap: `cold_step_extra_ms` is what the long gap's probes
+    measured, taken for a fully cold host, which a longer cool-down would contradict (at
+    c = long / 3 the long gap cools 95%). Unbounded, a short gap that showed next to
+    nothing (suite run of 2026-11-30 09:30) gave c = 165 s: the simulator then never
+    cooled, and the measured extra never applied."""
     if long_gap_excess <= 0 or short_gap_ms <= 0 or long_gap_ms <= short_gap_ms:
         return 0.0
     ratio = min(max(short_gap_excess / long_gap_excess, 0.0), 1.0)
-    grid = (10.0 * 1.05**k for k in range(200))  # 10 ms to ~170 s
+    longest = long_gap_ms / 3
+    grid = [c for c in (10.0 * 1.05**k for k in range(200)) if c < longest] + [longest]
 
     def miss(c: float) -> float:
         model = (1 - math.exp(-short_gap_ms / c)) / (1 - math.exp(-long_gap_ms / c))

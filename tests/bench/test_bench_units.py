@@ -69,6 +69,9 @@ def test_cool_down_fit_reads_the_time_constant_off_two_pauses() -> None:
     assert fit_cool_down(0.1, 0.0, 1000.0, 3000.0) == 0.0  # the long pause showed nothing
     # A short pause as slow as the long one: the host cools (nearly) at once.
     assert fit_cool_down(0.3, 0.3, 1000.0, 3000.0) < 250.0
+    # A short pause that showed next to nothing: cooling is slow, but the long pause was
+    # taken for fully cold (it gave the extra), so at most a third of it.
+    assert fit_cool_down(0.02, 1.0, 300.0, 3000.0) == pytest.approx(1000.0)
 
 
 def test_cold_first_token_is_the_rise_beyond_the_cold_prefill_step() -> None:
