@@ -106,7 +106,7 @@ class HostSharing:
         self._warmth[instance_id] = _Warmth()
 
     def set_busy(self, instance_id: str, is_busy: bool, now: float = 0.0) -> None:
-        warmth = self._warm(instance_id, now)
+        warmth = self._warmth_now(instance_id, now)
         assert warmth.is_busy != is_busy, "an instance went busy or idle twice"
         warmth.is_busy = is_busy
         self._num_busy[self._host_of[instance_id]] += 1 if is_busy else -1
@@ -119,14 +119,15 @@ class HostSharing:
         """How long a step of this (busy) instance profiled at `duration_s` takes now."""
         if self.is_shared:
             duration_s *= 1.0 + self.slowdown * max(0, max(1, self.num_busy(instance_id)) - 1)
-        cold = 1.0 - self._warm(instance_id, now).value
+        cold = 1.0 - self._warmth_now(instance_id, now).value
         return duration_s + self.warming.cold_step_extra_s * cold
 
     def cold_first_token_s(self, instance_id: str, now: float) -> float:
         """Extra time to first token of a request dispatched to this instance now."""
-        return self.warming.cold_first_token_s * (1.0 - self._warm(instance_id, now).value)
+        return self.warming.cold_first_token_s * (1.0 - self._warmth_now(instance_id, now).value)
 
-    def _warm(self, instance_id: str, now: float) -> _Warmth:
+    def _warmth_now(self, instance_id: str, now: float) -> _Warmth:
+        """This instance's warmth, brought up to `now`."""
         warmth = self._warmth[instance_id]
         if self.warming.is_on:
             warmth.advance(now, self.warming)
