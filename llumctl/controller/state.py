@@ -64,8 +64,13 @@ class InstanceEntry:
         return self.info.instance_id
 
     @property
+    def is_serving(self) -> bool:
+        """Running or draining: its requests are in flight, whether or not it reported."""
+        return self.info.state in ("running", "draining")
+
+    @property
     def is_live(self) -> bool:
-        return self.load is not None and self.info.state in ("running", "draining")
+        return self.load is not None and self.is_serving
 
 
 @dataclass
@@ -295,9 +300,7 @@ class ClusterState:
         lengths = [
             e.info.max_model_len
             for e in self.instances.values()
-            if e.info.model == model
-            and e.info.state in ("running", "draining")
-            and e.info.max_model_len > 0
+            if e.info.model == model and e.is_serving and e.info.max_model_len > 0
         ]
         return min(lengths, default=0)
 
